@@ -1,0 +1,34 @@
+"""Error family of genhancer.
+
+Every error a user can cause (bad config, bad path, bad data) is a ``GenHancerError``.
+The CLI prints ``error: <message>`` on one line and exits with code 2; nothing else in
+the package should print a traceback for user mistakes.
+"""
+
+from __future__ import annotations
+
+
+class GenHancerError(Exception):
+    """Base class: a user-facing problem described in one line."""
+
+    exit_code = 2
+
+
+class ConfigError(GenHancerError):
+    """An unknown field, a wrong type or an out-of-range value in a config."""
+
+
+class ModelLoadError(GenHancerError):
+    """A model directory / hub id that cannot be loaded, or an unsupported model type."""
+
+
+class DataError(GenHancerError):
+    """Missing, empty or malformed data (a dataset, a CSV, a shard)."""
+
+
+class CheckpointError(GenHancerError):
+    """A missing checkpoint or one that does not fit the model."""
+
+
+class ShapeError(GenHancerError):
+    """Sizes that do not fit together (image size vs patch size, channels, ...)."""
