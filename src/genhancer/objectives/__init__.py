@@ -1,0 +1,17 @@
+"""Training objectives: ``rectified_flow`` (continuous) and ``masked_tokens`` (discrete)."""
+
+from __future__ import annotations
+
+from genhancer.config import ObjectiveConfig
+
+
+def build_objective(cfg: ObjectiveConfig):
+    if cfg.kind == "rectified_flow":
+        from genhancer.objectives.rectified_flow import RectifiedFlow
+
+        return RectifiedFlow(sampler=cfg.timestep_sampler, scale=cfg.logit_normal_scale,
+                             mean=cfg.logit_normal_mean, sample_steps=cfg.sample_steps)
+    from genhancer.objectives.masked_tokens import MaskedTokens
+
+    return MaskedTokens(schedule=cfg.mask_schedule, ratio_min=cfg.mask_ratio_min, ratio_max=cfg.mask_ratio_max,
+                        sample_steps=cfg.sample_steps)

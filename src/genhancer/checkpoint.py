@@ -1,0 +1,124 @@
+"""Checkpoint directories: written to a temporary name, then renamed.
+
+Layout of one checkpoint (``<run>/checkpoints/step-00000100/``)::
+
+    model.safetensors   trainable weights (projector, denoiser, LoRA adapters), names as in Enhancer
+    space.safetensors   latent-space buffers (e.g. TAEF2 standardisation statistics)
+    optimizer.pt        optimizer + scheduler state     (torch.load(weights_only=True))
+    rng.pt              python / numpy / torch RNG states
+    state.json          step, data position, loss history tail
+    config.yaml         the resolved config of the run
+
+A crash while writing leaves only a ``.tmp-*`` directory behind, never a half-written
+checkpoint under a real name, and earlier checkpoints are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from genhancer.errors import CheckpointError, GenHancerError
+
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def atomic_dir(final: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final``.
+
+    With ``overwrite`` an existing ``final`` is moved aside first and deleted only after
+    the new directory is in place.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise GenHancerError(f"'{final}' already exists and is not empty; pass --overwrite to replace it")
+        old = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    ck = Path(run_dir) / "checkpoints"
+    if not ck.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ck.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or a run directory (its latest checkpoint)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint '{p}' does not exist")
+    if (p / "model.safetensors").is_file():
+        return p
+    found = list_checkpoints(p)
+    if not found:
+        raise CheckpointError(f"'{p}' is neither a checkpoint (no model.safetensors) nor a run directory "
+                              "with checkpoints/step-*")
+    return found[-1]
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_state(ckpt: Path) -> dict:
+    f = Path(ckpt) / "state.json"
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint '{ckpt}' has no state.json")
+    return json.loads(f.read_text())
+
+
+def load_checkpoint_config(ckpt: Path):
+    from genhancer.config import _load_layer, config_from_dict
+
+    f = Path(ckpt) / "config.yaml"
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint '{ckpt}' has no config.yaml")
+    return config_from_dict(_load_layer(str(f)))
+
+
+def load_weights(ckpt: Path, name: str = "model.safetensors") -> dict:
+    from safetensors.torch import load_file
+
+    f = Path(ckpt) / name
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint '{ckpt}' has no {name}")
+    try:
+        return load_file(str(f))
+    except Exception as e:
+        raise CheckpointError(f"'{f}' is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+
+
+def load_into(module, weights: dict, what: str, strict_keys: bool = True) -> None:
+    """Load ``weights`` (a subset of module's state) and fail with one line if they don't fit."""
+    own = module.state_dict()
+    unknown = [k for k in weights if k not in own]
+    if unknown and strict_keys:
+        raise CheckpointError(f"{what}: {len(unknown)} weights do not belong to this model (e.g. '{unknown[0]}'); "
+                              "was it trained with another config?")
+    for k, v in weights.items():
+        if k in own and own[k].shape != v.shape:
+            raise CheckpointError(f"{what}: weight '{k}' has shape {tuple(v.shape)}, the model expects "
+                                  f"{tuple(own[k].shape)}; was it trained with another config?")
+    module.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)

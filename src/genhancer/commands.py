@@ -1,0 +1,1 @@
+"""Subcommands beyond ``info`` / ``export`` (each registered only once it works)."""

@@ -1,0 +1,154 @@
+"""The enhancer: encoder v + projector h + latent space + denoiser g + objective.
+
+``Enhancer.forward(batch) -> {"loss": scalar, ...diagnostics}``. A batch is either
+
+* raw:    ``pixel_values[B,3,Se,Se]`` (encoder view) and ``gen_pixels[B,3,Sg,Sg]`` in [-1, 1]
+  (generative view of the same crop), or
+* cached: ``global_token[B,Dg]`` and ``latents[B,C,h,w]`` (continuous) / ``codes[B,h,w]``
+  (discrete), written by ``genhancer cache`` for stage 1, so neither the encoder nor the
+  autoencoder runs.
+
+Which parameters train is decided by the stage alone (``set_stage``):
+
+* stage 1: encoder frozen; projector + denoiser train.
+* stage 2: LoRA on the vision tower trains; projector / denoiser by config.
+* e2e:     LoRA and a fresh projector + denoiser together (an ablation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genhancer.config import Config
+from genhancer.encoders import VisionLanguageEncoder, load_encoder
+from genhancer.lora import apply_lora, has_lora
+from genhancer.projector import Projector
+
+
+def build_latent_space(cfg: Config) -> nn.Module:
+    """The latent space named by ``cfg.tokenizer`` (frozen)."""
+    from genhancer.tokenizers import build_latent_space as _build
+
+    space = _build(cfg.tokenizer)
+    for p in space.parameters():
+        p.requires_grad_(False)
+    return space.eval()
+
+
+def denoiser_hidden_size(cfg: Config) -> int:
+    from genhancer.denoisers import preset_hidden_size
+
+    return cfg.denoiser.hidden_size or preset_hidden_size(cfg.denoiser.kind, cfg.denoiser.preset)
+
+
+class Enhancer(nn.Module):
+    def __init__(self, cfg: Config, encoder: VisionLanguageEncoder | None = None,
+                 space: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder.name_or_path,
+                                                                       cfg.encoder.image_size)
+        self.space = space if space is not None else build_latent_space(cfg)
+        self.gen_size = cfg.tokenizer.image_size or self.encoder.spec.size
+        p = cfg.denoiser.patch_size
+        h, w = self.space.latent_hw(self.gen_size, p)
+        self.grid = (h // p, w // p)
+        cond_dim = cfg.projector.cond_dim or denoiser_hidden_size(cfg)
+        self.local_fraction = cfg.cond.local_token_fraction
+        self.projector = Projector(self.encoder.global_dim, cond_dim, cfg.projector.hidden_dim,
+                                   patch_dim=self.encoder.patch_dim if self.local_fraction > 0 else None)
+        from genhancer.denoisers import build_denoiser
+        from genhancer.objectives import build_objective
+
+        self.denoiser = build_denoiser(cfg.denoiser, self.space, self.grid, cond_dim)
+        self.objective = build_objective(cfg.objective)
+        if cfg.encoder.gradient_checkpointing:
+            self.encoder.model.gradient_checkpointing_enable()
+        for prm in self.encoder.parameters():
+            prm.requires_grad_(False)
+        self.stage = "1"
+
+    # ------------------------------------------------------------------ stages
+    def set_stage(self, stage: str) -> None:
+        """Choose what trains; LoRA is injected the first time stage 2 / e2e asks for it."""
+        t = self.cfg.train
+        self.stage = stage
+        for prm in self.encoder.parameters():
+            prm.requires_grad_(False)
+        if stage in ("2", "e2e"):
+            if not has_lora(self.encoder.vision_tower):
+                apply_lora(self.encoder.vision_tower, self.cfg.lora)
+            for n, prm in self.encoder.vision_tower.named_parameters():
+                prm.requires_grad_("lora_" in n)
+        train_proj, train_den = (t.train_projector, t.train_denoiser) if stage == "2" else (True, True)
+        for prm in self.projector.parameters():
+            prm.requires_grad_(train_proj)
+        for prm in self.denoiser.parameters():
+            prm.requires_grad_(train_den)
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, global_token: torch.Tensor, patches: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None):
+        """global[B,Dg] (+ patches[B,N,Dv]) -> cond[B,Dc], cond_tokens[B,K,Dc] | None."""
+        cond = self.projector(global_token)
+        if self.local_fraction <= 0 or patches is None:
+            return cond, None
+        b, n, _ = patches.shape
+        k = max(1, round(self.local_fraction * n))
+        # A fresh random subset per sample: the ablation feeds *some* local detail.
+        dev = generator.device if generator is not None else patches.device
+        scores = torch.rand(b, n, generator=generator, device=dev).to(patches.device)
+        idx = scores.argsort(dim=1)[:, :k]
+        picked = torch.gather(patches, 1, idx[..., None].expand(-1, -1, patches.shape[-1]))
+        return cond, self.projector.project_local(picked)
+
+    def encode(self, pixel_values: torch.Tensor):
+        """Encoder forward; no graph unless LoRA weights are training."""
+        needs_grad = self.stage in ("2", "e2e") and torch.is_grad_enabled()
+        with torch.set_grad_enabled(needs_grad):
+            return self.encoder.encode_image(pixel_values)
+
+    @torch.no_grad()
+    def target(self, gen_pixels: torch.Tensor) -> torch.Tensor:
+        """Generative view [B,3,Sg,Sg] in [-1,1] -> latents[B,C,h,w] or codes[B,h,w]."""
+        return self.space.encode(gen_pixels)
+
+    # ------------------------------------------------------------------ loss
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        if "global_token" in batch:
+            global_token, patches = batch["global_token"], None
+            z = batch["codes"] if self.space.discrete else batch["latents"]
+        else:
+            global_token, patches = self.encode(batch["pixel_values"])
+            z = self.target(batch["gen_pixels"])
+        cond, cond_tokens = self.condition(global_token, patches, generator)
+        if self.space.discrete:
+            return self.objective.loss(self.denoiser, z.flatten(1), cond, cond_tokens, generator=generator)
+        from genhancer.tokenizers.patchify import patchify
+
+        x1 = patchify(z, self.cfg.denoiser.patch_size)
+        return self.objective.loss(self.denoiser, x1, cond, cond_tokens, grid=self.grid, generator=generator)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def reconstruct(self, pixel_values: torch.Tensor, generator: torch.Generator | None = None,
+                    steps: int | None = None) -> torch.Tensor:
+        """Images [B,3,Sg,Sg] in [-1,1] generated from the global token of ``pixel_values`` alone."""
+        global_token, patches = self.encoder.encode_image(pixel_values)
+        cond, cond_tokens = self.condition(global_token, patches, generator)
+        h, w = self.grid[0] * self.cfg.denoiser.patch_size, self.grid[1] * self.cfg.denoiser.patch_size
+        if self.space.discrete:
+            codes = self.objective.sample(self.denoiser, cond, h * w, cond_tokens=cond_tokens, steps=steps,
+                                          generator=generator)
+            return self.space.decode(codes.view(-1, h, w))
+        from genhancer.tokenizers.patchify import unpatchify
+
+        p = self.cfg.denoiser.patch_size
+        shape = (cond.shape[0], self.grid[0] * self.grid[1], self.space.channels * p * p)
+        x1 = self.objective.sample(self.denoiser, cond, shape, cond_tokens=cond_tokens, grid=self.grid,
+                                   steps=steps, generator=generator)
+        return self.space.decode(unpatchify(x1, p, h, w, self.space.channels)).clamp(-1, 1)
