@@ -64,6 +64,7 @@ class TokenizerConfig:
 
     kind: str = _f("taef2", choices=("taef2", "vae", "pixels", "vq"))
     name_or_path: str = _f("", doc="diffusers AutoencoderKL / VQModel dir or id, or a genhancer VQ checkpoint")
+    subfolder: str = _f("", doc="subfolder of name_or_path holding the autoencoder (e.g. 'vae')")
     image_size: int | None = _f(None, lo=8, doc="generative view size; defaults to the encoder's")
     shift: float | None = _f(None, doc="latent shift; None = the space's default")
     scale: float | None = _f(None, doc="latent scale; None = the space's default")

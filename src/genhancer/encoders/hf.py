@@ -216,7 +216,7 @@ class VisionLanguageEncoder(nn.Module):
         if spec.resize_shortest:
             w, h = image.size
             scale = s / min(w, h)
-            nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # as transformers rounds
             image = image.resize((nw, nh), _RESAMPLE.get(spec.resample, Image.BICUBIC))
             left, top = (nw - s) // 2, (nh - s) // 2
             image = image.crop((left, top, left + s, top + s))

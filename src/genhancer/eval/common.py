@@ -1,0 +1,155 @@
+"""Pieces every evaluation shares: getting an encoder, reading images, batched encoding.
+
+Every evaluation encodes each distinct image and each distinct text exactly once, in
+batches, under ``torch.inference_mode``; similarities then come from
+``encoder.logits`` so that the family's own scale (and SigLIP's bias) are used.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from genhancer.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
+    """A tqdm bar when stderr is a terminal; the bare iterable otherwise (CI, logs)."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+def encoder_device(encoder: torch.nn.Module) -> torch.device:
+    for p in encoder.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def encoder_dtype(encoder: torch.nn.Module) -> torch.dtype:
+    for p in encoder.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def resolve_encoder(model: Any, device: str | torch.device | None = None):
+    """A model directory / hub id or an already loaded encoder -> (encoder in eval mode, device).
+
+    A loaded encoder stays where it is unless ``device`` is given; a path is loaded and
+    put on ``device`` (default: CUDA when available, else CPU).
+    """
+    if isinstance(model, (str, Path)):
+        from genhancer.encoders.hf import load_encoder
+
+        encoder = load_encoder(str(model))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        encoder = model
+        for attr in ("preprocess", "encode_image", "tokenize", "encode_text", "logits"):
+            if not hasattr(encoder, attr):
+                raise TypeError(f"model must be a path or an encoder with .{attr}(); got {type(model).__name__}")
+    if device is not None:
+        encoder = encoder.to(torch.device(device))
+    encoder.eval()
+    return encoder, encoder_device(encoder)
+
+
+def model_name(model: Any) -> str:
+    if isinstance(model, (str, Path)):
+        return str(model)
+    return str(getattr(model, "source", "") or type(model).__name__)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Read one image as RGB; any failure becomes an OSError/ValueError for the caller to word."""
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def describe_image_error(path: Path, err: Exception) -> str:
+    if isinstance(err, FileNotFoundError) or not Path(path).exists():
+        return f"missing image file '{path}'"
+    return f"unreadable image '{path}' ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+
+
+@torch.inference_mode()
+def encode_images(encoder, paths: Sequence[Path], batch_size: int, device: torch.device,
+                  strict: bool = True, desc: str = "images") -> tuple[torch.Tensor | None, dict[int, str]]:
+    """Encode every path once -> (global embeddings [N_ok, D] in path order, {index: problem}).
+
+    Unreadable images raise ``DataError`` naming the file when ``strict``; otherwise they
+    are left out of the embedding matrix and reported in the returned dict. Embeddings of
+    the readable ones come back in their original relative order.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    dtype = encoder_dtype(encoder)
+    problems: dict[int, str] = {}
+    chunks: list[torch.Tensor] = []
+    starts = range(0, len(paths), batch_size)
+    for start in progress(starts, desc=f"encode {desc}", total=len(starts)):
+        images = []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                images.append(open_image(paths[i]))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                msg = describe_image_error(Path(paths[i]), e)
+                if strict:
+                    raise DataError(msg) from None
+                problems[i] = msg
+        if not images:
+            continue
+        pixels = encoder.preprocess(images).to(device=device, dtype=dtype)
+        global_emb, _ = encoder.encode_image(pixels)
+        chunks.append(global_emb.float())
+    return (torch.cat(chunks) if chunks else None), problems
+
+
+@torch.inference_mode()
+def encode_texts(encoder, texts: Sequence[str], batch_size: int, device: torch.device,
+                 desc: str = "texts") -> torch.Tensor:
+    """Encode texts in batches -> [N, D] float32 on ``device``."""
+    chunks = []
+    starts = range(0, len(texts), batch_size)
+    for start in progress(starts, desc=f"encode {desc}", total=len(starts)):
+        tokens = encoder.tokenize(list(texts[start:start + batch_size]), device=device)
+        chunks.append(encoder.encode_text(**tokens).float())
+    return torch.cat(chunks)
+
+
+@torch.inference_mode()
+def similarity(encoder, img_emb: torch.Tensor, txt_emb: torch.Tensor) -> torch.Tensor:
+    """[Ni, Nt] logits as the family scores them, float32 on CPU."""
+    dtype = encoder_dtype(encoder)
+    return encoder.logits(img_emb.to(dtype), txt_emb.to(dtype)).float().cpu()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def summary_only(result: dict) -> dict:
+    """The JSON-able summary: the returned dict minus the per-item records."""
+    return {k: v for k, v in result.items() if k != "items"}

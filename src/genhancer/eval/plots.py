@@ -1,0 +1,94 @@
+"""Charts for the evaluation reports, drawn with matplotlib's Agg canvas.
+
+Figures are built as bare ``Figure`` objects on a ``FigureCanvasAgg`` rather than through
+``pyplot``: no display is needed, and the process-wide backend is left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+COLORS = ("#9aa5b1", "#2b6cb0", "#dd6b20", "#38a169")
+
+
+def _new_figure(n_groups: int) -> tuple[Figure, object]:
+    fig = Figure(figsize=(max(6.0, 1.0 * n_groups + 2.5), 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _wrap(label: str, width: int = 14) -> str:
+    return "\n".join(textwrap.wrap(label, width)) or label
+
+
+def plot_grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float | None]], path: str | Path,
+                      title: str = "", ylabel: str = "score (%)", ylim: tuple[float, float] | None = (0, 100),
+                      annotate: bool = True) -> Path:
+    """One group of bars per label, one bar per series (e.g. before / after); None draws nothing."""
+    n = max(1, len(series))
+    width = 0.8 / n
+    fig, ax = _new_figure(len(labels))
+    for k, (name, values) in enumerate(series.items()):
+        xs = [i - 0.4 + width * (k + 0.5) for i in range(len(labels))]
+        heights = [0.0 if v is None else float(v) for v in values]
+        bars = ax.bar(xs, heights, width=width * 0.95, label=name, color=COLORS[k % len(COLORS)])
+        if annotate:
+            for bar, v in zip(bars, values):
+                if v is not None:
+                    ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([_wrap(x) for x in labels], fontsize=7)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_categories(scores: Mapping[str, float | None], path: str | Path, title: str = "",
+                    reference: float | None = None) -> Path:
+    """Bar chart of one model's per-category scores, with its average as a dashed line."""
+    path = plot_grouped_bars(list(scores), {"score": list(scores.values())}, path, title=title)
+    if reference is None:
+        return path
+    # Redraw with the reference line: cheap, and keeps plot_grouped_bars free of special cases.
+    fig, ax = _new_figure(len(scores))
+    labels = list(scores)
+    values = [0.0 if v is None else float(v) for v in scores.values()]
+    ax.bar(range(len(labels)), values, color=COLORS[1])
+    for i, v in enumerate(scores.values()):
+        if v is not None:
+            ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=7,
+                        xytext=(0, 1), textcoords="offset points")
+    ax.axhline(reference, color=COLORS[2], linestyle="--", linewidth=1, label=f"average {reference:.1f}")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([_wrap(x) for x in labels], fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("pairs correct (%)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def png_data_uri(path: str | Path) -> str:
+    """A PNG file as a ``data:`` URI, so an HTML report carries its charts inside itself."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")

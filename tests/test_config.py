@@ -1,0 +1,61 @@
+import pytest
+
+from genhancer.config import Config, list_presets, load_config
+from genhancer.errors import ConfigError
+
+
+def test_defaults_and_override_types():
+    cfg = load_config(None, ["train.steps=7", "objective.logit_normal_scale=2", "train.stage=2",
+                             "lora.target_modules=[q_proj,v_proj]"])
+    assert cfg.train.steps == 7
+    assert cfg.objective.logit_normal_scale == 2.0 and isinstance(cfg.objective.logit_normal_scale, float)
+    assert cfg.train.stage == "2"
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.lora.r == 16 and cfg.lora.alpha == 16 and cfg.lora.dropout == 0.1
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.stpes=3", "unknown config field 'train.stpes'"),
+    ("train.steps=abc", "train.steps: expected an integer"),
+    ("train.steps=0", "train.steps: expected a value >= 1"),
+    ("cond.local_token_fraction=1.5", "cond.local_token_fraction: expected a value <= 1.0"),
+    ("objective.timestep_sampler=beta", "objective.timestep_sampler: expected one of logit_normal, uniform"),
+    ("train.steps", "expected section.field=value"),
+    ("nosuch.x=1", "unknown config field 'nosuch'"),
+])
+def test_bad_overrides_name_the_field(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_base_chain_and_save_roundtrip(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("train:\n  steps: 11\n  lr: 0.001\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"base: {base}\ntrain:\n  steps: 22\n")
+    cfg = load_config(str(child), ["train.seed=5"])
+    assert (cfg.train.steps, cfg.train.lr, cfg.train.seed) == (22, 0.001, 5)
+    out = tmp_path / "resolved.yaml"
+    cfg.save(out)
+    again = load_config(str(out))
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_presets_load_and_unknown_preset():
+    names = list_presets()
+    assert names, "the package must ship presets"
+    for n in names:
+        assert isinstance(load_config(n), Config)
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_config("nope")
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="objective.kind"):
+        load_config(None, ["denoiser.kind=perceiver", "tokenizer.kind=vq"])
+    with pytest.raises(ConfigError, match="tokenizer.kind"):
+        load_config(None, ["denoiser.kind=perceiver", "objective.kind=masked_tokens"])
+    with pytest.raises(ConfigError, match="crop_scale_min"):
+        load_config(None, ["data.crop_scale_min=0.95", "data.crop_scale_max=0.9"])
