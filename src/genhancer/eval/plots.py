@@ -29,20 +29,28 @@ def _wrap(label: str, width: int = 14) -> str:
 
 def plot_grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float | None]], path: str | Path,
                       title: str = "", ylabel: str = "score (%)", ylim: tuple[float, float] | None = (0, 100),
-                      annotate: bool = True) -> Path:
-    """One group of bars per label, one bar per series (e.g. before / after); None draws nothing."""
+                      annotate: bool = True, reference: float | None = None,
+                      reference_label: str = "average") -> Path:
+    """One group of bars per label, one bar per series (e.g. before / after); None draws nothing.
+
+    ``reference`` adds a dashed horizontal line (e.g. the average over categories).
+    """
     n = max(1, len(series))
     width = 0.8 / n
     fig, ax = _new_figure(len(labels))
     for k, (name, values) in enumerate(series.items()):
         xs = [i - 0.4 + width * (k + 0.5) for i in range(len(labels))]
         heights = [0.0 if v is None else float(v) for v in values]
-        bars = ax.bar(xs, heights, width=width * 0.95, label=name, color=COLORS[k % len(COLORS)])
+        color = COLORS[(k + (1 if n == 1 else 0)) % len(COLORS)]
+        bars = ax.bar(xs, heights, width=width * 0.95, label=name, color=color)
         if annotate:
             for bar, v in zip(bars, values):
                 if v is not None:
                     ax.annotate(f"{v:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                                 ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
+    if reference is not None:
+        ax.axhline(reference, color=COLORS[2], linestyle="--", linewidth=1,
+                   label=f"{reference_label} {reference:.1f}")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels([_wrap(x) for x in labels], fontsize=7)
     ax.set_ylabel(ylabel)
@@ -50,7 +58,7 @@ def plot_grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float
         ax.set_ylim(*ylim)
     if title:
         ax.set_title(title)
-    if len(series) > 1:
+    if len(series) > 1 or reference is not None:
         ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -62,31 +70,15 @@ def plot_grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float
 
 def plot_categories(scores: Mapping[str, float | None], path: str | Path, title: str = "",
                     reference: float | None = None) -> Path:
-    """Bar chart of one model's per-category scores, with its average as a dashed line."""
-    path = plot_grouped_bars(list(scores), {"score": list(scores.values())}, path, title=title)
-    if reference is None:
-        return path
-    # Redraw with the reference line: cheap, and keeps plot_grouped_bars free of special cases.
-    fig, ax = _new_figure(len(scores))
-    labels = list(scores)
-    values = [0.0 if v is None else float(v) for v in scores.values()]
-    ax.bar(range(len(labels)), values, color=COLORS[1])
-    for i, v in enumerate(scores.values()):
-        if v is not None:
-            ax.annotate(f"{v:.1f}", (i, v), ha="center", va="bottom", fontsize=7,
-                        xytext=(0, 1), textcoords="offset points")
-    ax.axhline(reference, color=COLORS[2], linestyle="--", linewidth=1, label=f"average {reference:.1f}")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels([_wrap(x) for x in labels], fontsize=7)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("pairs correct (%)")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path
+    """Bar chart of one model's MMVP-VLM per-category scores, with the average as a dashed line."""
+    return plot_grouped_bars(list(scores), {"pairs correct": list(scores.values())}, path, title=title,
+                             ylabel="pairs correct (%)", reference=reference)
+
+
+def plot_before_after(labels: Sequence[str], before: Sequence[float | None], after: Sequence[float | None],
+                      path: str | Path, title: str = "", ylabel: str = "score (%)") -> Path:
+    """The grouped before / after chart of the comparison report."""
+    return plot_grouped_bars(labels, {"before": before, "after": after}, path, title=title, ylabel=ylabel)
 
 
 def png_data_uri(path: str | Path) -> str:

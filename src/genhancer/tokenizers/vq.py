@@ -523,18 +523,19 @@ def train_vq_tokenizer(images: Iterable | torch.Tensor, out_dir: str | Path, cod
         bar = tqdm(range(steps), desc="vq tokenizer", disable=not progress or not sys.stderr.isatty())
         out = {}
         model.train()
-        for _ in bar:
+        for step in bar:
             out = model(next(stream).to(device))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             opt.step()
-            bar.set_postfix(recon=f"{out['recon_loss'].item():.4f}", usage=f"{out['usage'].item():.2f}")
+            if not bar.disable and step % 10 == 0:  # .item() syncs an accelerator: not every step
+                bar.set_postfix(recon=f"{out['recon_loss'].item():.4f}", usage=f"{out['usage'].item():.2f}")
         bar.close()
         metrics = evaluate_vq(model, images, batch_size=max(batch_size, 64), max_images=eval_images,
                               device=device)
     metrics.update(steps=steps, codebook_size=codebook_size, downsample=downsample, mode=mode,
-                   final_recon_loss=float(out["recon_loss"]) if out else None,
-                   final_commit_loss=float(out["commit_loss"]) if out else None)
+                   final_recon_loss=out["recon_loss"].item() if out else None,
+                   final_commit_loss=out["commit_loss"].item() if out else None)
     model.cpu().save(out_dir, metrics)
     return metrics
 

@@ -1,0 +1,168 @@
+"""Stage-1 cache: frozen-encoder global tokens + autoencoder latents, in sharded safetensors.
+
+In stage 1 the encoder and the autoencoder are frozen, so their outputs for a given
+crop never change. ``build_cache`` computes them once (optionally K random crops per
+image) and stage 1 then trains from the cache without running either network.
+
+Layout of a cache directory::
+
+    meta.json               encoder source, dims, latent shape, kind, rows, skipped images
+    space.safetensors       latent-space buffers used when encoding (standardisation stats)
+    shard-00000.safetensors global_token[N,Dg] float, latents[N,C,h,w] float | codes[N,h,w] int64
+
+Reading (``CacheSource``) shuffles shard order and rows within a shard per epoch and
+gives each rank a disjoint slice of every shard.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from genhancer.checkpoint import atomic_dir, load_into, load_weights
+from genhancer.config import Config
+from genhancer.errors import DataError
+
+SHARD = "shard-{:05d}.safetensors"
+
+
+def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_per_shard: int = 4096,
+                overwrite: bool = False, progress: bool | None = None) -> dict:
+    """Encode ``cfg.data`` once per augmentation; returns the meta dict."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from genhancer.enhancer import Enhancer
+    from genhancer.train import BatchStream, fit_latent_stats
+
+    enhancer = Enhancer(cfg).eval()
+    stream = BatchStream(cfg, enhancer, rank=0, world=1)
+    fit_latent_stats(enhancer, stream)
+    out_dir = Path(out_dir)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    enhancer.to(dev)
+    key = "codes" if enhancer.space.discrete else "latents"
+
+    def write(tmp: Path) -> dict:
+        buf: dict[str, list] = {"global_token": [], key: []}
+        shard, rows, total = 0, 0, 0
+
+        def flush():
+            nonlocal shard, rows
+            if rows:
+                save_file({k: torch.cat(v).contiguous() for k, v in buf.items()}, str(tmp / SHARD.format(shard)))
+                shard, rows = shard + 1, 0
+                for v in buf.values():
+                    v.clear()
+
+        bar = tqdm(desc="cache", unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
+        for aug in range(augmentations):
+            stream.load_state_dict({"epoch": aug, "batches_in_epoch": 0})
+            while stream.epoch == aug:
+                try:
+                    batch = stream.next()
+                except DataError:
+                    break
+                if stream.epoch != aug:  # the stream wrapped into the next epoch
+                    break
+                with torch.inference_mode():
+                    g, _ = enhancer.encoder.encode_image(batch["pixel_values"].to(dev))
+                    z = enhancer.space.encode(batch["gen_pixels"].to(dev))
+                buf["global_token"].append(g.float().cpu())
+                buf[key].append(z.cpu() if enhancer.space.discrete else z.float().cpu())
+                n = g.shape[0]
+                rows, total = rows + n, total + n
+                bar.update(n)
+                if rows >= rows_per_shard:
+                    flush()
+        flush()
+        bar.close()
+        if total == 0:
+            raise DataError(f"data.path: '{cfg.data.path}' gave no images to cache")
+        save_file({k: v.contiguous().cpu() for k, v in enhancer.space.state_dict().items()
+                   if not k.startswith(("encoder.", "decoder.", "vae.", "model."))} or {"_": torch.zeros(1)},
+                  str(tmp / "space.safetensors"))
+        meta = {"encoder": cfg.encoder.name_or_path, "global_dim": enhancer.encoder.global_dim,
+                "tokenizer": cfg.tokenizer.kind, "gen_size": enhancer.gen_size, "kind": key,
+                "latent_shape": list(buf_shape(tmp, key)), "rows": total, "shards": shard,
+                "augmentations": augmentations, "skipped_images": stream.skipped()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        return meta
+
+    result = {}
+    atomic_dir(out_dir, lambda d: result.update(write(d)), overwrite=overwrite)
+    return result
+
+
+def buf_shape(d: Path, key: str) -> tuple:
+    from safetensors import safe_open
+
+    with safe_open(str(d / SHARD.format(0)), "pt") as f:
+        return tuple(f.get_slice(key).get_shape()[1:])
+
+
+def read_meta(path: str | Path) -> dict:
+    f = Path(path) / "meta.json"
+    if not f.is_file():
+        raise DataError(f"data.path: '{path}' is not a genhancer cache (no meta.json); build one with "
+                        "`genhancer cache`")
+    return json.loads(f.read_text())
+
+
+def check_cache_fits(path: str | Path, enhancer) -> None:
+    """The cache must come from this encoder and latent space; load its latent statistics."""
+    meta = read_meta(path)
+    if meta["global_dim"] != enhancer.encoder.global_dim:
+        raise DataError(f"data.path: cache '{path}' holds {meta['global_dim']}-d global tokens, the encoder "
+                        f"gives {enhancer.encoder.global_dim}-d")
+    if meta["tokenizer"] != enhancer.cfg.tokenizer.kind or meta["gen_size"] != enhancer.gen_size:
+        raise DataError(f"data.path: cache '{path}' was built for tokenizer '{meta['tokenizer']}' at "
+                        f"{meta['gen_size']} px, the config asks for '{enhancer.cfg.tokenizer.kind}' at "
+                        f"{enhancer.gen_size} px")
+    if enhancer.local_fraction > 0:
+        raise DataError("cond.local_token_fraction > 0 needs patch tokens, which the cache does not hold; "
+                        "train from images instead")
+    load_into(enhancer.space, load_weights(Path(path), "space.safetensors"), f"cache '{path}'", strict_keys=False)
+
+
+class CacheSource:
+    """Batches of cached rows; each rank reads a disjoint slice of every shard."""
+
+    def __init__(self, path: str | Path, rank: int = 0, world_size: int = 1, seed: int = 0):
+        self.path, self.rank, self.world, self.seed = Path(path), rank, world_size, seed
+        self.meta = read_meta(path)
+        self.shards = sorted(self.path.glob("shard-*.safetensors"))
+        if not self.shards:
+            raise DataError(f"data.path: cache '{path}' has no shard-*.safetensors")
+        self.epoch = 0
+        self.skipped = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self, batch_size: int, skip: int = 0):
+        """Yield dict batches of this rank's rows for the current epoch, after ``skip`` batches."""
+        from safetensors.torch import load_file
+
+        g = torch.Generator().manual_seed(self.seed * 7_777 + self.epoch)
+        order = torch.randperm(len(self.shards), generator=g).tolist()
+        pending: dict[str, list] = {}
+        count, emitted = 0, 0
+        for si in order:
+            data = load_file(str(self.shards[si]))
+            rows = torch.randperm(next(iter(data.values())).shape[0], generator=g)[self.rank::self.world]
+            for k, v in data.items():
+                pending.setdefault(k, []).append(v[rows])
+            count += len(rows)
+            while count >= batch_size:
+                cat = {k: torch.cat(v) for k, v in pending.items()}
+                batch = {k: v[:batch_size] for k, v in cat.items()}
+                pending = {k: [v[batch_size:]] for k, v in cat.items()}
+                count -= batch_size
+                emitted += 1
+                if emitted > skip:
+                    batch["key"] = [f"{self.epoch}:{emitted}:{i}" for i in range(batch_size)]
+                    yield batch

@@ -1,0 +1,345 @@
+"""The one training loop (stage 1, stage 2 and end-to-end), on accelerate.
+
+The stage only decides which parameters train (``Enhancer.set_stage``); everything else
+— data, objective, optimisation, logging, checkpoints — is shared. The same command
+runs in one process or under ``accelerate launch`` (DDP / FSDP / DeepSpeed by config).
+
+Determinism: every optimizer step re-seeds torch from ``(seed, step, rank)`` and the data
+pipeline seeds each sample's crop from its key, so a run resumed from a checkpoint
+repeats the uninterrupted run's losses exactly on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genhancer.checkpoint import (atomic_dir, list_checkpoints, load_checkpoint_config, load_into, load_weights,
+                                  prune, read_state, resolve_checkpoint)
+from genhancer.config import Config, default_lr
+from genhancer.errors import CheckpointError, GenHancerError
+
+LOSS_BINS = 10
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+    skipped_images: dict = field(default_factory=dict)
+    samples_per_s: float = 0.0
+
+
+def _mixed_precision(cfg: Config) -> str:
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return mp
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2 ** 63 - 1)
+
+
+def _progress_enabled(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else progress
+
+
+# ----------------------------------------------------------------------------- data
+
+class BatchStream:
+    """Endless batches over epochs, with a position that a checkpoint can restore."""
+
+    def __init__(self, cfg: Config, enhancer, rank: int, world: int):
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.epoch, self.batches_in_epoch = 0, 0
+        if cfg.data.kind == "cache":
+            from genhancer.cache import CacheSource, check_cache_fits
+
+            check_cache_fits(cfg.data.path, enhancer)
+            self.source = CacheSource(cfg.data.path, rank=rank, world_size=world, seed=cfg.train.seed)
+            self.views = None
+        else:
+            from genhancer.data.sources import build_source
+            from genhancer.data.transforms import PairedViews
+
+            self.source = build_source(cfg.data, rank=rank, world_size=world, seed=cfg.train.seed)
+            self.views = PairedViews.from_spec(enhancer.encoder.spec, gen_size=enhancer.gen_size,
+                                               scale=(cfg.data.crop_scale_min, cfg.data.crop_scale_max))
+        self._it = None
+
+    def _loader(self):
+        self.source.set_epoch(self.epoch)
+        if self.views is None:
+            return self.source.batches(self.cfg.data.batch_size, skip=self.batches_in_epoch)
+        from genhancer.data.sources import make_loader
+
+        loader = make_loader(self.source, self.views, self.cfg.data.batch_size, self.cfg.data.num_workers,
+                             seed=self.cfg.train.seed)
+        it = iter(loader)
+        for _ in range(self.batches_in_epoch):  # fast-forward to the checkpointed position
+            next(it)
+        return it
+
+    def next(self) -> dict:
+        for _ in range(2):
+            if self._it is None:
+                self._it = self._loader()
+            try:
+                batch = next(self._it)
+                self.batches_in_epoch += 1
+                return batch
+            except StopIteration:
+                self._it = None
+                if self.batches_in_epoch == 0:
+                    break
+                self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+        from genhancer.errors import DataError
+
+        raise DataError(f"data.path: '{self.cfg.data.path}' yields no batch of {self.cfg.data.batch_size} "
+                        f"for rank {self.rank} (is the dataset empty or all images unreadable?)")
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.batches_in_epoch, self._it = s["epoch"], s["batches_in_epoch"], None
+
+    def skipped(self) -> dict:
+        counter = getattr(self.source, "skipped", None)
+        if counter is None:
+            return {}
+        return dict(counter.counts) if hasattr(counter, "counts") else dict(counter)
+
+
+def fit_latent_stats(enhancer, stream: BatchStream, n_batches: int = 4) -> None:
+    """TAEF2 latents are not unit-scaled: measure per-channel statistics on the training data."""
+    fit = getattr(enhancer.space, "fit_stats", None)
+    if fit is None or stream.views is None:
+        return
+    saved = stream.state_dict()
+    imgs = [stream.next()["gen_pixels"] for _ in range(n_batches)]
+    stream.load_state_dict(saved)
+    fit(torch.cat(imgs))
+
+
+# ----------------------------------------------------------------------------- build
+
+def build_for_training(cfg: Config, device: torch.device | None = None):
+    """Enhancer configured for ``cfg.train.stage``, stage-2 initialisation included."""
+    from genhancer.enhancer import Enhancer
+
+    enhancer = Enhancer(cfg)
+    if cfg.train.stage == "2":
+        if not cfg.train.init_from:
+            raise CheckpointError("train.init_from: stage 2 needs a stage-1 checkpoint (a checkpoint or run dir)")
+        init = resolve_checkpoint(cfg.train.init_from)
+        load_into(enhancer, load_weights(init), f"train.init_from '{init}'")
+        load_into(enhancer.space, load_weights(init, "space.safetensors"), f"train.init_from '{init}' (space)")
+    enhancer.set_stage(cfg.train.stage)
+    return enhancer
+
+
+def _optimizer(cfg: Config, params):
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    t = cfg.train
+    opt = torch.optim.AdamW(params, lr=default_lr(cfg), betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+    if t.schedule == "cosine":
+        sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.steps)
+    else:
+        sched = get_constant_schedule_with_warmup(opt, t.warmup_steps)
+    return opt, sched
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _save_checkpoint(run_dir: Path, step: int, enhancer, opt, sched, stream: BatchStream, history: dict,
+                     cfg: Config) -> Path:
+    from safetensors.torch import save_file
+
+    def write(d: Path) -> None:
+        save_file({k: v.contiguous().cpu() for k, v in enhancer.trainable_state_dict().items()},
+                  str(d / "model.safetensors"))
+        save_file({k: v.contiguous().cpu() for k, v in enhancer.space.state_dict().items()
+                   if not k.startswith(("encoder.", "decoder.", "vae.", "model."))} or {"_": torch.zeros(1)},
+                  str(d / "space.safetensors"))
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, d / "optimizer.pt")
+        torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state()}, d / "rng.pt")
+        (d / "state.json").write_text(json.dumps({"step": step, "data": stream.state_dict(), **history}))
+        cfg.save(d / "config.yaml")
+
+    out = atomic_dir(run_dir / "checkpoints" / f"step-{step:08d}", write)
+    prune(run_dir, cfg.train.keep_last)
+    return out
+
+
+def _load_checkpoint(ckpt: Path, enhancer, opt, sched, stream: BatchStream) -> dict:
+    load_into(enhancer, load_weights(ckpt), f"checkpoint '{ckpt}'")
+    load_into(enhancer.space, load_weights(ckpt, "space.safetensors"), f"checkpoint '{ckpt}' (space)",
+              strict_keys=False)
+    state = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng = torch.load(ckpt / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    st = read_state(ckpt)
+    stream.load_state_dict(st["data"])
+    return st
+
+
+# ----------------------------------------------------------------------------- loop
+
+def train(cfg: Config, resume: str | bool | None = None, progress: bool | None = None,
+          accelerator=None) -> TrainResult:
+    """Run ``cfg.train.steps`` optimizer steps; returns where the run was written and its losses."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    run_dir = Path(t.output_dir)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=_mixed_precision(cfg), gradient_accumulation_steps=t.grad_accum,
+                                  project_dir=str(run_dir))
+    rank, world = accelerator.process_index, accelerator.num_processes
+    set_seed(t.seed)
+    enhancer = build_for_training(cfg)
+    stream = BatchStream(cfg, enhancer, rank, world)
+
+    ckpt = None
+    if resume:
+        ckpt = resolve_checkpoint(run_dir if resume is True else resume)
+        old = load_checkpoint_config(ckpt)
+        if old.to_dict()["denoiser"] != cfg.to_dict()["denoiser"]:
+            raise CheckpointError(f"--resume: checkpoint '{ckpt}' was trained with another denoiser config")
+    elif list_checkpoints(run_dir):
+        raise GenHancerError(f"train.output_dir '{run_dir}' already holds checkpoints; pass --resume to continue "
+                             "or choose another output_dir")
+    if ckpt is None and t.stage in ("1", "e2e"):
+        fit_latent_stats(enhancer, stream)
+
+    params = [p for p in enhancer.parameters() if p.requires_grad]
+    if not params:
+        raise GenHancerError("nothing to train: every parameter is frozen (check train.train_projector / "
+                             "train.train_denoiser)")
+    opt, sched = _optimizer(cfg, params)
+    history = {"bad_steps": 0}
+    start = 0
+    if ckpt is not None:
+        st = _load_checkpoint(ckpt, enhancer, opt, sched, stream)
+        start = st["step"]
+    # The scheduler is stepped by hand once per optimizer step; accelerate would step it
+    # once per process, shortening warmup under DDP.
+    model, opt = accelerator.prepare(enhancer, opt)
+    dev = accelerator.device
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+    log_path = run_dir / "log.csv"
+    if accelerator.is_main_process and start == 0:
+        log_path.write_text("step,loss,lr,grad_norm,samples_per_s\n")
+    bin_sum, bin_cnt = torch.zeros(LOSS_BINS), torch.zeros(LOSS_BINS)
+    losses: list[float] = []
+    bad_in_row = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=t.steps, initial=start, desc=f"stage {t.stage}", unit="step", dynamic_ncols=True,
+               disable=not (_progress_enabled(progress) and accelerator.is_main_process))
+    samples, t0 = 0, time.perf_counter()
+    model.train()
+    step = start
+    while step < t.steps:
+        torch.manual_seed(_step_seed(t.seed, step, rank))
+        gen = torch.Generator(device=dev).manual_seed(_step_seed(t.seed, step, rank) + 1)
+        step_loss, finite, grad_norm = 0.0, True, None
+        for _ in range(t.grad_accum):
+            batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v)
+                     for k, v in stream.next().items()}
+            with accelerator.accumulate(model), accelerator.autocast():
+                out = model(batch, generator=gen)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    finite = False
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                accelerator.backward(loss)
+                grad_norm = (accelerator.clip_grad_norm_(params, t.grad_clip)
+                             if accelerator.sync_gradients and t.grad_clip > 0 else None)
+                opt.step()
+                if accelerator.sync_gradients:
+                    sched.step()
+                opt.zero_grad(set_to_none=True)
+            step_loss += loss.detach().float().item() / t.grad_accum
+            samples += len(batch.get("key", batch.get("global_token", [])))
+            if "t" in out and "loss_per_sample" in out:
+                from genhancer.objectives.rectified_flow import bin_losses
+
+                s_, c_ = bin_losses(out["t"].detach().float().cpu(), out["loss_per_sample"].detach().float().cpu(),
+                                    LOSS_BINS)
+                bin_sum += s_
+                bin_cnt += c_
+        step += 1
+        if not finite:
+            bad_in_row += 1
+            history["bad_steps"] += 1
+            accelerator.print(f"step {step}: non-finite loss, step skipped ({bad_in_row} in a row)")
+            if bad_in_row >= t.max_bad_steps:
+                if accelerator.is_main_process:
+                    _save_checkpoint(run_dir, step, accelerator.unwrap_model(model), opt, sched, stream, history, cfg)
+                raise GenHancerError(f"aborted at step {step}: {bad_in_row} non-finite losses in a row "
+                                     "(lower train.lr or check the data); a checkpoint was written")
+            continue
+        bad_in_row = 0
+        losses.append(step_loss)
+        bar.update(1)
+        if step % t.log_every == 0 or step == t.steps:
+            rate = samples / max(time.perf_counter() - t0, 1e-9)
+            gn = float(grad_norm) if grad_norm is not None else float("nan")
+            bar.set_postfix(loss=f"{step_loss:.4f}", sps=f"{rate:.1f}")
+            accelerator.log({"loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": gn}, step=step)
+            if accelerator.is_main_process:
+                with log_path.open("a") as f:
+                    csv.writer(f).writerow([step, f"{step_loss:.6f}", f"{sched.get_last_lr()[0]:.3e}",
+                                            f"{gn:.4f}", f"{rate:.2f}"])
+        if step % t.checkpoint_every == 0 or step == t.steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _save_checkpoint(run_dir, step, accelerator.unwrap_model(model), opt, sched, stream, history, cfg)
+    bar.close()
+    rate = samples / max(time.perf_counter() - t0, 1e-9)
+    skipped = stream.skipped()
+    if accelerator.is_main_process:
+        _write_diagnostics(run_dir, bin_sum, bin_cnt, skipped)
+    accelerator.end_training()
+    return TrainResult(run_dir, step, losses[-1] if losses else math.nan, losses, skipped, rate)
+
+
+def _write_diagnostics(run_dir: Path, bin_sum: torch.Tensor, bin_cnt: torch.Tensor, skipped: dict) -> None:
+    """loss-by-t table and plot, loss curve, skipped-image counts."""
+    info = {"skipped_images": skipped}
+    if bin_cnt.sum() > 0:
+        means = (bin_sum / bin_cnt.clamp(min=1)).tolist()
+        info["loss_by_t"] = {f"{i / LOSS_BINS:.1f}-{(i + 1) / LOSS_BINS:.1f}": (m if c else None)
+                             for i, (m, c) in enumerate(zip(means, bin_cnt.tolist()))}
+    (run_dir / "diagnostics.json").write_text(json.dumps(info, indent=2))
+    try:
+        from genhancer.plots import plot_training
+
+        plot_training(run_dir)
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        pass
