@@ -7,8 +7,8 @@ would push it towards guessing instead of towards seeing fine detail. So one
 RandomResizedCrop box is drawn per image and *both* views are resized from that same box:
 only their size and value range differ.
 
-Implemented with PIL (``Image.resize(..., box=...)`` crops and resamples in one step with
-antialiasing), so the package does not need torchvision.
+Implemented with PIL (crop, then an antialiased resize per view), so the package does not
+need torchvision.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class PairedViews:
 
     # ----------------------------------------------------------------------------- crop box
 
-    def crop_box(self, width: int, height: int, rng: Rng = None) -> tuple[float, float, float, float]:
+    def crop_box(self, width: int, height: int, rng: Rng = None) -> tuple[int, int, int, int]:
         """The crop ``(left, top, right, bottom)`` in pixel coordinates of a W x H image.
 
         Train: RandomResizedCrop (area fraction in ``scale``, log-uniform aspect ratio in
@@ -113,7 +113,7 @@ class PairedViews:
         """
         if not self.train:
             side = min(width, height)
-            left, top = (width - side) / 2, (height - side) / 2
+            left, top = (width - side) // 2, (height - side) // 2
             return (left, top, left + side, top + side)
         area = width * height
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
@@ -145,9 +145,11 @@ class PairedViews:
         ``rng`` (``random.Random`` or ``torch.Generator``) draws the crop; pass a seeded
         one for reproducible crops. Both views are resampled from the same box.
         """
-        box = self.crop_box(image.width, image.height, rng)
-        enc = image.resize((self.encoder_size, self.encoder_size), self.resample, box=box)
-        gen = image.resize((self.gen_size, self.gen_size), self.resample, box=box)
+        # Crop first: resizing with ``box=`` would let the bicubic kernel reach pixels
+        # outside the box, so the views would show a sliver the crop excluded.
+        crop = image.crop(self.crop_box(image.width, image.height, rng))
+        enc = crop.resize((self.encoder_size, self.encoder_size), self.resample)
+        gen = crop.resize((self.gen_size, self.gen_size), self.resample)
         pixel_values = (pil_to_tensor(enc) - self.mean) / self.std
         gen_pixels = pil_to_tensor(gen).mul_(2.0).sub_(1.0)
         return {"pixel_values": pixel_values, "gen_pixels": gen_pixels}

@@ -1,0 +1,837 @@
+"""A procedural world of small captioned scenes: the embedded, offline testbed.
+
+Real CLIP is blind to fine detail because contrastive training rarely needs it: coarse
+content already tells a batch's captions apart. This world is built to reproduce that.
+Every scene is one object (12 kinds, 7 colours) on one of 8 background textures (5 tints),
+and carries nine *fine* attributes, one per MMVP-VLM category, each a cue that is small
+relative to the object:
+
+=========================  ============  ==============================================
+MMVP category              field         cue
+=========================  ============  ==============================================
+Orientation and Direction  direction     small arrowhead on the object: left/right/up/down
+Presence of Spec. Features hole          small see-through hole in the object: yes / no
+State and Condition        state         short crack drawn on the object: intact / cracked
+Quantity and Count         count         1-3 tally marks in the image's top-left corner
+Positional and Relational  ball_side     small dark ball left / right / above / below it
+Color and Appearance       dot_color     colour of a small dot on the object (6 colours)
+Structural Characteristics outline       thin vs thick dark outline of the silhouette
+Texts                      text          digit 2-9 written on the object
+Viewpoint and Perspective  view          object seen close-up vs from far away (scale)
+=========================  ============  ==============================================
+
+Captions always name the kind and the background (the colour most of the time) and name
+one fine attribute only with a small probability, so a text tower learns the words while
+contrastive training barely needs them. Benchmark pairs differ in exactly one fine field.
+
+Everything is a pure function of a seed: scene ``i`` of a stream is drawn from its own
+``random.Random`` keyed by (stream, seed, i), so a corpus of ``n`` images is a prefix of
+one of ``n + 1`` images, and reruns write byte-identical files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from genhancer.errors import DataError
+
+__all__ = [
+    "BACKGROUNDS",
+    "COLORS",
+    "FINE_ATTRIBUTES",
+    "KINDS",
+    "MMVP_CATEGORIES",
+    "Scene",
+    "TINTS",
+    "is_reserved",
+    "make_grid",
+    "mentioned_fine_attribute",
+    "sample_scene",
+    "scene_stream",
+    "write_coarse_folder",
+    "write_corpus",
+    "write_mmvp_benchmark",
+    "write_probe_set",
+]
+
+# ----------------------------------------------------------------------------- vocabulary
+
+KINDS: tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "hexagon", "heart",
+    "house", "tree", "car", "cup", "fish", "key",
+)  # fmt: skip
+
+# Object colours are kept apart from the dot colours so that a colour word in a caption
+# names either the object (coarse) or the dot (fine), never both.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "orange": (240, 140, 40),
+    "purple": (140, 70, 185),
+    "pink": (236, 112, 170),
+    "brown": (139, 90, 52),
+    "teal": (28, 150, 150),
+    "olive": (122, 132, 38),
+    "grey": (150, 150, 150),
+}
+
+BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "gradient", "grid", "noisy", "checkered", "wavy")
+
+# Tints are a nuisance: never captioned, they keep the background from being a colour cue.
+TINTS: dict[str, tuple[int, int, int]] = {
+    "cream": (246, 238, 214),
+    "pale blue": (214, 228, 246),
+    "pale green": (218, 240, 216),
+    "lavender": (232, 222, 246),
+    "light grey": (228, 228, 228),
+}
+
+DOT_COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (222, 30, 30),
+    "blue": (30, 80, 232),
+    "green": (30, 172, 60),
+    "yellow": (250, 222, 30),
+    "white": (252, 252, 252),
+    "black": (18, 18, 18),
+}
+
+# Fine attributes, one per MMVP-VLM category; a value's index is its probe class id.
+FINE_ATTRIBUTES: dict[str, tuple] = {
+    "direction": ("left", "right", "up", "down"),
+    "hole": (False, True),
+    "state": ("intact", "cracked"),
+    "count": (1, 2, 3),
+    "ball_side": ("left", "right", "above", "below"),
+    "dot_color": tuple(DOT_COLORS),
+    "outline": ("thin", "thick"),
+    "text": ("2", "3", "4", "5", "6", "7", "8", "9"),
+    "view": ("close-up", "far"),
+}
+
+# (Type folder name exactly as upstream spells it, the Scene field it varies), file order.
+MMVP_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("Orientation and Direction", "direction"),
+    ("Presence of Specific Features", "hole"),
+    ("State and Condition", "state"),
+    ("Quantity and Count", "count"),
+    ("Positional and Relational Context", "ball_side"),
+    ("Color and Appearance", "dot_color"),
+    ("Structural Characteristics", "outline"),
+    ("Texts", "text"),
+    ("Viewpoint and Perspective", "view"),
+)
+
+COARSE_ATTRIBUTES: tuple[str, ...] = ("kind", "color", "background")
+
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+
+# Fine phrases: variant 0 is canonical (benchmark statements use it); captions draw any
+# variant, so the text side sees the same fact worded more than one way.
+_PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
+    "direction": {
+        d: (f"with an arrow pointing {d}", f"whose arrow points {d}") for d in FINE_ATTRIBUTES["direction"]
+    },
+    "hole": {True: ("with a hole", "with a hole in it"), False: ("without a hole", "with no hole")},
+    "state": {"intact": ("that is intact", "that is undamaged"), "cracked": ("that is cracked", "that is broken")},
+    "count": {
+        c: (
+            f"with {_NUMBER_WORDS[c]} tally mark{'s' if c > 1 else ''}",
+            f"with {_NUMBER_WORDS[c]} mark{'s' if c > 1 else ''} in the corner",
+        )
+        for c in FINE_ATTRIBUTES["count"]
+    },
+    "ball_side": {
+        "left": ("with a ball on its left", "with a ball to its left"),
+        "right": ("with a ball on its right", "with a ball to its right"),
+        "above": ("with a ball above it", "with a ball over it"),
+        "below": ("with a ball below it", "with a ball under it"),
+    },
+    "dot_color": {c: (f"with a {c} dot", f"with a {c} spot") for c in DOT_COLORS},
+    "outline": {w: (f"with a {w} outline", f"with a {w} border") for w in FINE_ATTRIBUTES["outline"]},
+    "text": {t: (f"with the number {t} on it", f"with a {t} written on it") for t in FINE_ATTRIBUTES["text"]},
+    "view": {"close-up": ("seen up close", "in a close-up view"), "far": ("seen from far away", "in a distant view")},
+}
+
+# Words that only fine phrases use: lets a reader of captions.jsonl tell whether (and
+# which) fine attribute a caption mentions without the sidecar. Coarse captions never
+# contain them ("dotted" is a whole word distinct from "dot").
+_FINE_WORDS: dict[str, frozenset[str]] = {
+    "direction": frozenset({"arrow"}),
+    "hole": frozenset({"hole"}),
+    "state": frozenset({"intact", "undamaged", "cracked", "broken"}),
+    "count": frozenset({"tally", "mark", "marks"}),
+    "ball_side": frozenset({"ball"}),
+    "dot_color": frozenset({"dot", "spot"}),
+    "outline": frozenset({"outline", "border"}),
+    "text": frozenset({"number", "written"}),
+    "view": frozenset({"seen", "close-up", "distant"}),
+}
+
+_COARSE_TEMPLATES: tuple[str, ...] = (
+    "{obj} on a {bg} background",
+    "a photo of {obj} on a {bg} background",
+    "an image of {obj} on a {bg} background",
+    "{obj}, {bg} background",
+)
+
+# ----------------------------------------------------------------------------- geometry
+#
+# Silhouettes live in a unit frame (y down, object radius 1). Every kind has a *core*
+# centre around which a disc of radius >= 0.52 is solid, so the four on-object cue slots
+# (dot, hole, arrow, crack at +-_SLOT) and the central digit always land on the object.
+
+_SLOT = 0.27
+_OBJECT_RADIUS = 0.28  # of the image side, before viewpoint / jitter
+_VIEW_SCALE = {"close-up": 1.0, "far": 0.78}
+_OUTLINE_WIDTH = {"thin": 0.05, "thick": 0.16}  # of the object radius, drawn outside
+_OUTLINE_RGB = (28, 28, 28)
+_BALL_RGB = (40, 40, 40)
+
+
+@dataclass(frozen=True)
+class _Poly:
+    pts: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class _Ellipse:
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+
+
+@dataclass(frozen=True)
+class _Arc:  # a stroked elliptical arc, e.g. a cup handle; (rx, ry) is the outer edge
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    start: float
+    end: float
+    width: float
+
+
+def _rect(x0, y0, x1, y1) -> _Poly:
+    return _Poly(((x0, y0), (x1, y0), (x1, y1), (x0, y1)))
+
+
+def _regular(n: int, r: float, phase: float, cx: float = 0.0, cy: float = 0.0) -> _Poly:
+    return _Poly(
+        tuple((cx + r * math.cos(phase + 2 * math.pi * k / n), cy + r * math.sin(phase + 2 * math.pi * k / n)) for k in range(n))
+    )
+
+
+def _star(r_out: float, r_in: float) -> _Poly:
+    pts = []
+    for k in range(10):
+        r = r_out if k % 2 == 0 else r_in
+        a = -math.pi / 2 + math.pi * k / 5
+        pts.append((r * math.cos(a), r * math.sin(a)))
+    return _Poly(tuple(pts))
+
+
+@dataclass(frozen=True)
+class _Kind:
+    parts: tuple
+    core: tuple[float, float]
+    extent: tuple[float, float, float, float]  # xmin, ymin, xmax, ymax in the unit frame
+
+
+def _extent(parts) -> tuple[float, float, float, float]:
+    xs, ys = [], []
+    for p in parts:
+        if isinstance(p, _Poly):
+            xs += [x for x, _ in p.pts]
+            ys += [y for _, y in p.pts]
+        else:
+            xs += [p.cx - p.rx, p.cx + p.rx]
+            ys += [p.cy - p.ry, p.cy + p.ry]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _make_kinds() -> dict[str, _Kind]:
+    parts: dict[str, tuple[tuple, tuple[float, float]]] = {
+        "circle": ((_Ellipse(0, 0, 0.9, 0.9),), (0, 0)),
+        "square": ((_rect(-0.8, -0.8, 0.8, 0.8),), (0, 0)),
+        "triangle": ((_Poly(((0, -0.95), (1.0, 0.8), (-1.0, 0.8))),), (0, 0.22)),
+        "star": ((_star(0.98, 0.64),), (0, 0.02)),
+        "hexagon": ((_regular(6, 0.9, 0),), (0, 0)),
+        "heart": (
+            (_Ellipse(-0.42, -0.32, 0.47, 0.47), _Ellipse(0.42, -0.32, 0.47, 0.47),
+             _Poly(((-0.86, -0.18), (0.86, -0.18), (0, 0.88)))),
+            (0, -0.12),
+        ),
+        "house": (
+            (_rect(-0.72, -0.1, 0.72, 0.88), _Poly(((-0.92, -0.08), (0.92, -0.08), (0, -0.9))),
+             _rect(0.42, -0.78, 0.6, -0.3)),
+            (0, 0.36),
+        ),
+        "tree": (
+            (_Ellipse(0, -0.2, 0.62, 0.62), _Ellipse(0, -0.55, 0.4, 0.36), _Ellipse(-0.45, -0.1, 0.4, 0.4),
+             _Ellipse(0.45, -0.1, 0.4, 0.4), _rect(-0.14, 0.3, 0.14, 0.92)),
+            (0, -0.2),
+        ),
+        "car": (
+            (_rect(-0.95, -0.2, 0.95, 0.58), _Poly(((-0.62, -0.18), (-0.38, -0.68), (0.42, -0.68), (0.66, -0.18))),
+             _Ellipse(-0.55, 0.6, 0.25, 0.25), _Ellipse(0.55, 0.6, 0.25, 0.25)),
+            (0, 0.12),
+        ),
+        "cup": (
+            (_Poly(((-0.78, -0.72), (0.54, -0.72), (0.42, 0.78), (-0.66, 0.78))),
+             _Arc(0.56, 0.0, 0.36, 0.38, 270, 90, 0.15)),
+            (-0.12, 0.0),
+        ),
+        "fish": (
+            (_Ellipse(-0.18, 0, 0.74, 0.6), _Poly(((0.42, 0), (0.95, -0.5), (0.95, 0.5)))),
+            (-0.2, 0),
+        ),
+        "key": (
+            (_Ellipse(-0.38, 0, 0.58, 0.58), _rect(0.0, -0.11, 0.95, 0.11), _rect(0.58, 0.05, 0.7, 0.36),
+             _rect(0.78, 0.05, 0.9, 0.3)),
+            (-0.38, 0),
+        ),
+    }
+    return {k: _Kind(p, core, _extent(p)) for k, (p, core) in parts.items()}
+
+
+_KINDS = _make_kinds()
+assert tuple(_KINDS) == KINDS
+
+# ----------------------------------------------------------------------------- the scene
+
+_NUISANCE_RANGE = 3  # dx, dy in 1/64ths of the image side; scale_jitter in 2.5 % steps
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One object on one background, with nine fine attributes (one per MMVP category).
+
+    Coarse fields: ``kind``, ``color``, ``background``. Nuisance fields (never captioned):
+    ``tint``, ``bg_variant`` (pattern phase / noise seed), ``dx``, ``dy`` (object offset in
+    1/64ths of the side), ``scale_jitter`` (object size in 2.5 % steps). Fine fields: see
+    ``FINE_ATTRIBUTES``.
+    """
+
+    kind: str
+    color: str
+    background: str
+    tint: str = "cream"
+    bg_variant: int = 0
+    dx: int = 0
+    dy: int = 0
+    scale_jitter: int = 0
+    direction: str = "right"
+    hole: bool = False
+    state: str = "intact"
+    count: int = 1
+    ball_side: str = "right"
+    dot_color: str = "red"
+    outline: str = "thin"
+    text: str = "3"
+    view: str = "close-up"
+
+    def __post_init__(self):
+        checks = {
+            "kind": KINDS, "color": tuple(COLORS), "background": BACKGROUNDS, "tint": tuple(TINTS),
+            "bg_variant": range(4), "dx": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1),
+            "dy": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1), "scale_jitter": range(-2, 3),
+            **FINE_ATTRIBUTES,
+        }  # fmt: skip
+        for name, allowed in checks.items():
+            value = getattr(self, name)
+            # Exact type too: True would pass as count 1, 1.0 as bg_variant 1.
+            if type(value) is not type(next(iter(allowed))) or value not in allowed:
+                raise DataError(f"Scene.{name}={value!r} is not one of {list(allowed)}")
+
+    # -- identity
+
+    def key(self) -> tuple:
+        """Every field, in order: two scenes with the same key render the same pixels."""
+        return dataclasses.astuple(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scene:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise DataError(f"scene has unknown fields {sorted(unknown)}; expected {sorted(names)}")
+        return cls(**d)
+
+    def fine_labels(self) -> dict[str, object]:
+        return {a: getattr(self, a) for a in FINE_ATTRIBUTES}
+
+    # -- language
+
+    def phrase(self, attribute: str, variant: int = 0) -> str:
+        """The fine phrase for one attribute, e.g. ``"with a red dot"``; variant 0 is canonical."""
+        if attribute not in _PHRASES:
+            raise DataError(f"unknown fine attribute {attribute!r}; expected one of {list(FINE_ATTRIBUTES)}")
+        options = _PHRASES[attribute][getattr(self, attribute)]
+        return options[variant % len(options)]
+
+    def statement(self, attribute: str) -> str:
+        """MMVP-style statement, true of this scene: ``"a star with a ball on its left"``."""
+        return f"{_a(self.kind)} {self.phrase(attribute)}"
+
+    def coarse_caption(self, rng: random.Random | None = None, color_prob: float = 0.75) -> str:
+        """Names kind and background always, the object colour with ``color_prob``.
+
+        Without ``rng`` the caption is the canonical, fully specified one.
+        """
+        return self._caption(rng, color_prob, None)
+
+    def fine_caption(self, attribute: str, rng: random.Random | None = None, color_prob: float = 0.75) -> str:
+        """The coarse caption with one fine phrase after the object: "a teal star with a red dot on ..."."""
+        return self._caption(rng, color_prob, attribute)
+
+    def _caption(self, rng, color_prob, attribute) -> str:
+        with_color = rng is None or rng.random() < color_prob
+        template = _COARSE_TEMPLATES[0] if rng is None else rng.choice(_COARSE_TEMPLATES)
+        noun = f"{self.color} {self.kind}" if with_color else self.kind
+        obj = _a(noun)
+        if attribute is not None:
+            obj += " " + self.phrase(attribute, 0 if rng is None else rng.randrange(2))
+        return template.format(obj=obj, bg=self.background)
+
+    # -- pixels
+
+    def render(self, size: int = 64, supersample: int = 4) -> Image.Image:
+        """RGB image ``size`` x ``size``: drawn at ``supersample`` x and LANCZOS-downsampled."""
+        if not isinstance(size, int) or size < 16:
+            raise DataError(f"image size must be an int >= 16, got {size!r}")
+        if not isinstance(supersample, int) or not 1 <= supersample <= 8:
+            raise DataError(f"supersample must be an int in 1..8, got {supersample!r}")
+        hi = _render_hi(self, size * supersample)
+        return hi if supersample == 1 else hi.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def mentioned_fine_attribute(caption: str) -> str | None:
+    """Which fine attribute a caption of this world mentions, or None (coarse only)."""
+    words = set(caption.replace(",", " ").split())
+    hits = [a for a, vocab in _FINE_WORDS.items() if words & vocab]
+    return hits[0] if hits else None
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _shade(rgb, f: float) -> tuple[int, int, int]:
+    return tuple(int(round(min(255, c * f))) for c in rgb)
+
+
+@lru_cache(maxsize=512)
+def _background(background: str, tint: str, variant: int, side: int) -> Image.Image:
+    """Cached: the texture is a function of (background, tint, variant) only."""
+    light = np.array(TINTS[tint], np.float32)
+    dark = light * 0.8
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side  # in units of the side
+    phase = variant / 4.0
+    period = 1 / 8
+    if background == "plain":
+        mix = np.zeros_like(xx)
+    elif background == "striped":
+        mix = (np.floor((xx + yy) / period + 2 * phase) % 2).astype(np.float32)
+    elif background == "dotted":
+        gx = (xx / period + phase) % 1 - 0.5
+        gy = (yy / period + phase) % 1 - 0.5
+        mix = (gx**2 + gy**2 < 0.22**2).astype(np.float32)
+    elif background == "gradient":
+        t = [yy, xx, 1 - yy, 1 - xx][variant]
+        mix = t * 1.4
+    elif background == "grid":
+        line = 1.5 / 64 / period  # ~1.5 output pixels at 64
+        mix = (((xx / period + phase) % 1 < line) | ((yy / period + phase) % 1 < line)).astype(np.float32)
+    elif background == "noisy":
+        rng = np.random.default_rng([list(TINTS).index(tint), variant, 7])
+        low = rng.random((64, 64), dtype=np.float32)
+        cells = np.minimum((np.arange(side) * 64) // side, 63)
+        mix = low[cells][:, cells] * 1.3
+    elif background == "checkered":
+        mix = ((np.floor(xx / period + phase) + np.floor(yy / period + phase)) % 2).astype(np.float32)
+    elif background == "wavy":
+        mix = ((yy + 0.03 * np.sin(2 * np.pi * (3 * xx + phase))) / period % 1 < 0.35).astype(np.float32)
+    else:  # pragma: no cover - Scene validates
+        raise DataError(f"unknown background {background!r}")
+    rgb = light[None, None] * (1 - mix[..., None]) + dark[None, None] * mix[..., None]
+    return Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), "RGB")
+
+
+@lru_cache(maxsize=256)
+def _glyph(text: str, px: int) -> Image.Image:
+    """A digit's coverage mask, cached: pasting a mask is faster than laying out text."""
+    font = ImageFont.load_default(size=px)
+    left, top, right, bottom = font.getbbox(text)
+    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
+    ImageDraw.Draw(mask).text((1 - left, 1 - top), text, fill=255, font=font)
+    return mask
+
+
+def _draw_part(d: ImageDraw.ImageDraw, part, px, r: float, grow: float, fill) -> None:
+    if isinstance(part, _Poly):
+        pts = [px(x, y) for x, y in part.pts]
+        d.polygon(pts, fill=fill)
+        if grow > 0:
+            # A closed stroke of width 2 * grow around the fill dilates the polygon; the
+            # extra point closes the last joint so it is rounded like the others.
+            d.line(pts + pts[:2], fill=fill, width=max(1, round(2 * grow)), joint="curve")
+    elif isinstance(part, _Ellipse):
+        (x0, y0), (x1, y1) = px(part.cx - part.rx, part.cy - part.ry), px(part.cx + part.rx, part.cy + part.ry)
+        d.ellipse((x0 - grow, y0 - grow, x1 + grow, y1 + grow), fill=fill)
+    else:  # _Arc
+        (x0, y0), (x1, y1) = px(part.cx - part.rx, part.cy - part.ry), px(part.cx + part.rx, part.cy + part.ry)
+        d.arc(
+            (x0 - grow, y0 - grow, x1 + grow, y1 + grow), part.start, part.end,
+            fill=fill, width=max(1, round(part.width * r + 2 * grow)),
+        )  # fmt: skip
+
+
+def _render_hi(s: Scene, side: int) -> Image.Image:
+    bg = _background(s.background, s.tint, s.bg_variant, side)
+    img = bg.copy()
+    d = ImageDraw.Draw(img)
+    kind = _KINDS[s.kind]
+    r = side * _OBJECT_RADIUS * _VIEW_SCALE[s.view] * (1 + 0.025 * s.scale_jitter)
+    ox = side / 2 + s.dx * side / 64
+    oy = side / 2 + s.dy * side / 64
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return ox + x * r, oy + y * r
+
+    obj_rgb = COLORS[s.color]
+    # Ink for marks on the object contrasts with its fill (dark on light objects).
+    lum = 0.299 * obj_rgb[0] + 0.587 * obj_rgb[1] + 0.114 * obj_rgb[2]
+    ink = (20, 20, 20) if lum > 135 else (250, 250, 250)
+
+    # Structural: draw every part grown by the outline width in dark, then the fill on
+    # top, so a silhouette made of several parts gets one outline around their union.
+    grow = _OUTLINE_WIDTH[s.outline] * r
+    for part in kind.parts:
+        _draw_part(d, part, px, r, grow, _OUTLINE_RGB)
+    for part in kind.parts:
+        _draw_part(d, part, px, r, 0.0, obj_rgb)
+
+    cx, cy = kind.core
+
+    def disc(x, y, rad, fill, outline=None, width=0):
+        (x0, y0), (x1, y1) = px(x - rad, y - rad), px(x + rad, y + rad)
+        d.ellipse((x0, y0, x1, y1), fill=fill, outline=outline, width=width)
+
+    # Color and Appearance: the dot (top-left slot), ringed so a white dot still reads.
+    disc(cx - _SLOT, cy - _SLOT, 0.14, DOT_COLORS[s.dot_color], _OUTLINE_RGB, max(1, round(0.03 * r)))
+
+    # Presence: a see-through hole (top-right slot) shows the background behind it.
+    if s.hole:
+        (x0, y0), (x1, y1) = px(cx + _SLOT - 0.12, cy - _SLOT - 0.12), px(cx + _SLOT + 0.12, cy - _SLOT + 0.12)
+        box = (int(x0), int(y0), int(math.ceil(x1)) + 1, int(math.ceil(y1)) + 1)
+        mask = Image.new("L", (box[2] - box[0], box[3] - box[1]), 0)
+        ImageDraw.Draw(mask).ellipse((x0 - box[0], y0 - box[1], x1 - box[0], y1 - box[1]), fill=255)
+        img.paste(bg.crop(box), box, mask)
+
+    # Orientation: an arrowhead (bottom-left slot) pointing along `direction`.
+    ax, ay = cx - _SLOT, cy + _SLOT
+    ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[s.direction]
+    tip, back, half = 0.15, 0.11, 0.13
+    d.polygon(
+        [px(ax + ux * tip, ay + uy * tip), px(ax - ux * back - uy * half, ay - uy * back + ux * half),
+         px(ax - ux * back + uy * half, ay - uy * back - ux * half)],
+        fill=ink,
+    )  # fmt: skip
+
+    # State: a short zig-zag crack (bottom-right slot).
+    if s.state == "cracked":
+        zig = [(-0.15, -0.13), (-0.04, -0.03), (-0.09, 0.03), (0.04, 0.09), (0.01, 0.15)]
+        d.line([px(cx + _SLOT + x, cy + _SLOT + y) for x, y in zig], fill=ink, width=max(1, round(0.06 * r)), joint="curve")
+
+    # Texts: the digit at the core's centre.
+    glyph = _glyph(s.text, max(6, round(0.62 * r)))
+    gx, gy = px(cx, cy)
+    img.paste(ink, (round(gx - glyph.width / 2), round(gy - glyph.height / 2)), glyph)
+
+    # Positional: the ball just outside the silhouette's extent on one side.
+    xmin, ymin, xmax, ymax = kind.extent
+    gap = 0.34
+    bx, by = {
+        "left": (xmin - gap, (ymin + ymax) / 2),
+        "right": (xmax + gap, (ymin + ymax) / 2),
+        "above": ((xmin + xmax) / 2, ymin - gap),
+        "below": ((xmin + xmax) / 2, ymax + gap),
+    }[s.ball_side]
+    disc(bx, by, 0.15, _BALL_RGB)
+
+    # Quantity: tally marks in the image's top-left corner, outside any object's reach.
+    u = side / 64
+    for k in range(s.count):
+        x0 = 3.5 * u + k * 3.2 * u
+        d.rectangle((x0, 3.0 * u, x0 + 1.6 * u, 9.0 * u), fill=_OUTLINE_RGB)
+    return img
+
+
+# ----------------------------------------------------------------------------- sampling
+
+_STREAMS = {"corpus": 1, "bench": 2, "probe": 3, "coarse": 4}
+_RESERVED_BUCKETS = 8
+
+
+def is_reserved(scene: Scene) -> bool:
+    """True for the ~1/8 of all scenes kept for the benchmark: no other writer emits them.
+
+    A stable hash (not Python's salted ``hash``) so the split is the same in every process.
+    """
+    digest = hashlib.blake2b(repr(scene.key()).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % _RESERVED_BUCKETS == 0
+
+
+def _rng(stream: str, seed: int, index: int) -> random.Random:
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise DataError(f"seed must be an int, got {seed!r}")
+    # A string seed goes through SHA-512 in CPython: stable across runs and platforms.
+    return random.Random(f"genhancer-world/{stream}/{seed}/{index}")
+
+
+def sample_scene(rng: random.Random, **fixed) -> Scene:
+    """Every field uniform and independent (so no fine attribute is predictable from
+    another), except those given in ``fixed``."""
+    f = {
+        "kind": rng.choice(KINDS),
+        "color": rng.choice(tuple(COLORS)),
+        "background": rng.choice(BACKGROUNDS),
+        "tint": rng.choice(tuple(TINTS)),
+        "bg_variant": rng.randrange(4),
+        "dx": rng.randint(-_NUISANCE_RANGE, _NUISANCE_RANGE),
+        "dy": rng.randint(-_NUISANCE_RANGE, _NUISANCE_RANGE),
+        "scale_jitter": rng.randint(-2, 2),
+    }
+    for name, values in FINE_ATTRIBUTES.items():
+        f[name] = rng.choice(values)
+    f.update(fixed)
+    return Scene(**f)
+
+
+def _sample_open(stream: str, seed: int, index: int, **fixed) -> tuple[Scene, random.Random]:
+    rng = _rng(stream, seed, index)
+    while True:
+        scene = sample_scene(rng, **fixed)
+        if not is_reserved(scene):
+            return scene, rng
+
+
+def scene_stream(n: int, seed: int, stream: str = "corpus") -> Iterator[Scene]:
+    """The scenes ``write_corpus`` (or the probe / coarse writers) would render, in order."""
+    if stream not in ("corpus", "probe"):
+        raise DataError(f"stream must be 'corpus' or 'probe', got {stream!r}")
+    for i in range(_check_count(n, "n")):
+        yield _sample_open(stream, seed, i)[0]
+
+
+def _bench_pair(seed: int, index: int, attribute: str) -> tuple[Scene, Scene]:
+    """Two reserved scenes that differ in ``attribute`` only; rejection is cheap (~64 draws
+    of a few microseconds) because reservation is a hash, not a render."""
+    rng = _rng("bench", seed, index)
+    values = FINE_ATTRIBUTES[attribute]
+    while True:
+        base = sample_scene(rng)
+        v1, v2 = rng.sample(values, 2)
+        a = dataclasses.replace(base, **{attribute: v1})
+        b = dataclasses.replace(base, **{attribute: v2})
+        if is_reserved(a) and is_reserved(b):
+            return a, b
+
+
+# ----------------------------------------------------------------------------- writers
+
+
+def _check_count(n, name: str, minimum: int = 0) -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or n < minimum:
+        raise DataError(f"{name} must be an int >= {minimum}, got {n!r}")
+    return n
+
+
+def _prepare_dir(out_dir) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output path {out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _progress(total: int, desc: str):
+    # disable=None: tqdm turns itself off when stderr is not a TTY (CI, logs).
+    return tqdm(total=total, desc=desc, unit="img", disable=None, leave=False)
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # compress_level 1: ~3x faster than the default for 64 px images, same pixels.
+    img.save(path, format="PNG", compress_level=1)
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def write_corpus(
+    out_dir, n: int, seed: int, size: int = 64, fine_caption_prob: float = 0.15, color_prob: float = 0.75
+) -> Path:
+    """A captioned training corpus: ``images/XXXX/XXXXXXX.png`` + ``captions.jsonl``.
+
+    Each ``captions.jsonl`` row is ``{"image": <path relative to out_dir>, "text": ...}``.
+    Captions name the kind and background always, the object colour with ``color_prob``,
+    and ONE fine attribute (uniformly chosen) with ``fine_caption_prob``. A sidecar
+    ``scenes.jsonl`` holds each image's full scene and which fine attribute (if any) its
+    caption mentions. No scene reserved for the benchmark (``is_reserved``) is emitted.
+    Returns the path of ``captions.jsonl``.
+    """
+    _check_count(n, "n")
+    _check_size(size)
+    for name, p in (("fine_caption_prob", fine_caption_prob), ("color_prob", color_prob)):
+        if not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise DataError(f"{name} must be a probability in [0, 1], got {p!r}")
+    out = _prepare_dir(out_dir)
+    captions, scenes = [], []
+    attrs = tuple(FINE_ATTRIBUTES)
+    with _progress(n, "corpus") as bar:
+        for i in range(n):
+            scene, rng = _sample_open("corpus", seed, i)
+            fine = rng.choice(attrs) if rng.random() < fine_caption_prob else None
+            text = scene._caption(rng, color_prob, fine)
+            rel = f"images/{i // 1000:04d}/{i:07d}.png"
+            _save_png(scene.render(size), out / rel)
+            captions.append({"image": rel, "text": text})
+            scenes.append({"image": rel, "fine_mentioned": fine, "scene": scene.to_dict()})
+            bar.update()
+    _write_jsonl(out / "scenes.jsonl", scenes)
+    _write_jsonl(out / "captions.jsonl", captions)
+    return out / "captions.jsonl"
+
+
+def _check_size(size) -> int:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 16:
+        raise DataError(f"size must be an int >= 16, got {size!r}")
+    return size
+
+
+def write_mmvp_benchmark(out_dir, pairs_per_category: int = 15, seed: int = 0, size: int = 64) -> Path:
+    """A held-out benchmark in the MMVP-VLM layout; returns the path of ``Questions.csv``.
+
+    ``Questions.csv`` has exactly the columns ``Question ID,Type,Statement`` because the
+    upstream scorers unpack each row into three names; per-question metadata (attribute,
+    value, scene) goes to the sidecar ``pairs.jsonl``. Rows 2k-1 and 2k are a pair whose
+    images (``MLLM_VLM Images/<Type>/<id>.jpg``, JPEG q95) differ in one fine attribute;
+    the odd row's statement is true of the first image, the even row's of the second.
+    Upstream scores categories as blocks of 15 pairs, so keep the default 15 for its
+    scripts. Every scene is reserved (``is_reserved``), hence absent from any corpus.
+    """
+    per = _check_count(pairs_per_category, "pairs_per_category", minimum=1)
+    _check_size(size)
+    out = _prepare_dir(out_dir)
+    rows, meta = [], []
+    qid = 0
+    with _progress(2 * per * len(MMVP_CATEGORIES), "mmvp-vlm") as bar:
+        for c, (type_name, attribute) in enumerate(MMVP_CATEGORIES):
+            folder = out / "MLLM_VLM Images" / type_name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(per):
+                pair = _bench_pair(seed, c * 100_000 + k, attribute)
+                for scene in pair:
+                    qid += 1
+                    statement = scene.statement(attribute)
+                    # 4:4:4 chroma: default 4:2:0 would smear the 5-pixel colour dot.
+                    scene.render(size).save(folder / f"{qid}.jpg", format="JPEG", quality=95, subsampling=0)
+                    rows.append((qid, type_name, statement))
+                    meta.append({
+                        "question_id": qid, "type": type_name, "attribute": attribute,
+                        "value": getattr(scene, attribute), "statement": statement,
+                        "image": f"MLLM_VLM Images/{type_name}/{qid}.jpg", "scene": scene.to_dict(),
+                    })  # fmt: skip
+                    bar.update()
+    tmp = out / "Questions.csv.tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["Question ID", "Type", "Statement"])
+        w.writerows(rows)
+    tmp.replace(out / "Questions.csv")
+    _write_jsonl(out / "pairs.jsonl", meta)
+    return out / "Questions.csv"
+
+
+def write_probe_set(out_dir, n: int, seed: int, size: int = 64) -> Path:
+    """Images + ``labels.jsonl`` for linear probes of each fine attribute.
+
+    Row: ``{"image", "labels": {attr: str(value)}, "label_ids": {attr: class index},
+    "coarse": {kind, color, background}}``; ``attributes.json`` lists each attribute's
+    classes in id order. Returns the path of ``labels.jsonl``.
+    """
+    _check_count(n, "n")
+    _check_size(size)
+    out = _prepare_dir(out_dir)
+    rows = []
+    with _progress(n, "probe") as bar:
+        for i in range(n):
+            scene, _ = _sample_open("probe", seed, i)
+            rel = f"images/{i:06d}.png"
+            _save_png(scene.render(size), out / rel)
+            rows.append({
+                "image": rel,
+                "labels": {a: str(v) for a, v in scene.fine_labels().items()},
+                "label_ids": {a: FINE_ATTRIBUTES[a].index(v) for a, v in scene.fine_labels().items()},
+                "coarse": {a: getattr(scene, a) for a in COARSE_ATTRIBUTES},
+            })  # fmt: skip
+            bar.update()
+    (out / "attributes.json").write_text(
+        json.dumps({a: [str(v) for v in vals] for a, vals in FINE_ATTRIBUTES.items()}, indent=1) + "\n"
+    )
+    _write_jsonl(out / "labels.jsonl", rows)
+    return out / "labels.jsonl"
+
+
+def write_coarse_folder(out_dir, n_per_class: int, seed: int, size: int = 64) -> Path:
+    """``out_dir/<kind>/<i>.png`` for zero-shot classification; class names are the kind
+    words captions use (``KINDS``). Everything but the kind is random. Returns ``out_dir``."""
+    per = _check_count(n_per_class, "n_per_class", minimum=1)
+    _check_size(size)
+    out = _prepare_dir(out_dir)
+    with _progress(per * len(KINDS), "coarse") as bar:
+        for c, kind in enumerate(KINDS):
+            for i in range(per):
+                scene, _ = _sample_open("coarse", seed, c * 1_000_000 + i, kind=kind)
+                _save_png(scene.render(size), out / kind / f"{i:05d}.png")
+                bar.update()
+    return out
+
+
+def make_grid(images: Sequence[Image.Image], cols: int, pad: int = 2, scale: int = 1) -> Image.Image:
+    """Tile equally sized images into one sheet (for reports and eyeballing cues)."""
+    if not images:
+        raise DataError("make_grid needs at least one image")
+    w, h = images[0].size
+    w, h = w * scale, h * scale
+    rows = math.ceil(len(images) / cols)
+    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for i, im in enumerate(images):
+        if scale != 1:
+            im = im.resize((w, h), Image.Resampling.NEAREST)
+        sheet.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+    return sheet

@@ -1,0 +1,63 @@
+"""Linear probes of attributes on the frozen global token.
+
+The MMVP-style pair score needs the text side to name the attribute too; a probe asks
+the vision side alone whether the global token *holds* the attribute, which is exactly
+what the method promises to improve. ``labels.jsonl`` rows are
+``{"image": relpath, "label_ids": {attribute: class index}, ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from genhancer.errors import DataError
+
+
+def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                     weight_decay: float = 1e-3, steps: int = 200) -> float:
+    """Multinomial logistic regression (L-BFGS) on standardised features; test accuracy."""
+    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    xtr, xte = (x_train - mean) / std, (x_test - mean) / std
+    n_cls = int(max(y_train.max(), y_test.max()) + 1)
+    lin = torch.nn.Linear(xtr.shape[1], n_cls)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(xtr), y_train) + weight_decay * lin.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        return (lin(xte).argmax(1) == y_test).float().mean().item()
+
+
+def run_probe(model, labels_file: str | Path, out_dir: str | Path | None = None, train_fraction: float = 0.7,
+              batch_size: int = 64, device=None) -> dict:
+    """Probe accuracy (%) of every attribute in ``labels.jsonl``; writes ``probe_summary.json``."""
+    from genhancer.eval.common import encode_images, resolve_encoder
+
+    labels_file = Path(labels_file)
+    if not labels_file.is_file():
+        raise DataError(f"probe labels '{labels_file}' do not exist")
+    rows = [json.loads(line) for line in labels_file.read_text().splitlines() if line.strip()]
+    if len(rows) < 10 or "label_ids" not in rows[0]:
+        raise DataError(f"'{labels_file}': expected >= 10 rows with 'image' and 'label_ids' fields")
+    encoder, dev = resolve_encoder(model, device)
+    feats, _ = encode_images(encoder, [labels_file.parent / r["image"] for r in rows], batch_size, dev)
+    feats = feats.cpu()
+    n_train = int(len(rows) * train_fraction)
+    result = {}
+    for attr in rows[0]["label_ids"]:
+        y = torch.tensor([r["label_ids"][attr] for r in rows])
+        result[attr] = 100.0 * fit_linear_probe(feats[:n_train], y[:n_train], feats[n_train:], y[n_train:])
+    summary = {"per_attribute": result, "mean": sum(result.values()) / len(result), "n_images": len(rows)}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "probe_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
