@@ -144,12 +144,17 @@ def test_overfits_a_fixed_batch():
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     first = None
-    for _ in range(150):
-        out = obj.loss(net, codes, cond, generator=g)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        first = first if first is not None else out["loss"].item()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: a second thread only adds contention on a shared CPU
+    try:
+        for _ in range(150):
+            out = obj.loss(net, codes, cond, generator=g)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+            first = first if first is not None else out["loss"].item()
+    finally:
+        torch.set_num_threads(threads)
     net.eval()
     with torch.no_grad():
         final = sum(obj.loss(net, codes, cond, generator=g)["loss"].item() for _ in range(5)) / 5

@@ -48,8 +48,15 @@ def shapes():
 @pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("vq") / "tok"
-    metrics = train_vq_tokenizer(shapes, out, codebook_size=64, codebook_dim=16, downsample=4, steps=300,
-                                 batch_size=8, lr=2e-3, channels=16, seed=0, progress=False)
+    # One intra-op thread: these convs are too small to split, and on a shared 2-core
+    # machine two spinning OpenMP threads made the same run ~10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = train_vq_tokenizer(shapes, out, codebook_size=64, codebook_dim=16, downsample=4, steps=300,
+                                     batch_size=8, lr=2e-3, channels=16, seed=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return out, metrics
 
 

@@ -59,15 +59,13 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
                     v.clear()
 
         bar = tqdm(desc="cache", unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
+        from genhancer.data.sources import make_loader
+
         for aug in range(augmentations):
-            stream.load_state_dict({"epoch": aug, "batches_in_epoch": 0})
-            while stream.epoch == aug:
-                try:
-                    batch = stream.next()
-                except DataError:
-                    break
-                if stream.epoch != aug:  # the stream wrapped into the next epoch
-                    break
+            # Epoch = augmentation index: each pass draws fresh crops (seeded by epoch and key).
+            stream.source.set_epoch(aug)
+            for batch in make_loader(stream.source, stream.views, cfg.data.batch_size, cfg.data.num_workers,
+                                     seed=cfg.train.seed + aug):
                 with torch.inference_mode():
                     g, _ = enhancer.encoder.encode_image(batch["pixel_values"].to(dev))
                     z = enhancer.space.encode(batch["gen_pixels"].to(dev))

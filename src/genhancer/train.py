@@ -59,11 +59,15 @@ def _progress_enabled(progress: bool | None) -> bool:
 # ----------------------------------------------------------------------------- data
 
 class BatchStream:
-    """Endless batches over epochs, with a position that a checkpoint can restore."""
+    """Endless batches over epochs, with a position that a checkpoint can restore.
+
+    Image sources keep their own position (``genhancer.data.sources``: exact resume
+    without decoding the skipped images); the cache is positioned by epoch + batch count.
+    """
 
     def __init__(self, cfg: Config, enhancer, rank: int, world: int):
         self.cfg, self.rank, self.world = cfg, rank, world
-        self.epoch, self.batches_in_epoch = 0, 0
+        self.epoch, self.batches_in_epoch = 0, 0  # used by the cache only
         if cfg.data.kind == "cache":
             from genhancer.cache import CacheSource, check_cache_fits
 
@@ -80,21 +84,18 @@ class BatchStream:
         self._it = None
 
     def _loader(self):
-        self.source.set_epoch(self.epoch)
         if self.views is None:
+            self.source.set_epoch(self.epoch)
             return self.source.batches(self.cfg.data.batch_size, skip=self.batches_in_epoch)
         from genhancer.data.sources import make_loader
 
-        loader = make_loader(self.source, self.views, self.cfg.data.batch_size, self.cfg.data.num_workers,
-                             seed=self.cfg.train.seed)
-        it = iter(loader)
-        for _ in range(self.batches_in_epoch):  # fast-forward to the checkpointed position
-            next(it)
-        return it
+        return iter(make_loader(self.source, self.views, self.cfg.data.batch_size, self.cfg.data.num_workers,
+                                seed=self.cfg.train.seed))
 
     def next(self) -> dict:
         for _ in range(2):
-            if self._it is None:
+            fresh = self._it is None
+            if fresh:
                 self._it = self._loader()
             try:
                 batch = next(self._it)
@@ -102,25 +103,31 @@ class BatchStream:
                 return batch
             except StopIteration:
                 self._it = None
-                if self.batches_in_epoch == 0:
-                    break
                 self.epoch, self.batches_in_epoch = self.epoch + 1, 0
+                if fresh:  # a whole pass gave nothing
+                    break
         from genhancer.errors import DataError
 
         raise DataError(f"data.path: '{self.cfg.data.path}' yields no batch of {self.cfg.data.batch_size} "
                         f"for rank {self.rank} (is the dataset empty or all images unreadable?)")
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+        if self.views is None:
+            return {"epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch}
+        return {"source": self.source.state_dict()}
 
     def load_state_dict(self, s: dict) -> None:
-        self.epoch, self.batches_in_epoch, self._it = s["epoch"], s["batches_in_epoch"], None
+        self._it = None
+        if self.views is None:
+            self.epoch, self.batches_in_epoch = s["epoch"], s["batches_in_epoch"]
+        else:
+            self.source.load_state_dict(s["source"])
 
     def skipped(self) -> dict:
         counter = getattr(self.source, "skipped", None)
         if counter is None:
             return {}
-        return dict(counter.counts) if hasattr(counter, "counts") else dict(counter)
+        return dict(counter.counts()) if callable(getattr(counter, "counts", None)) else dict(counter)
 
 
 def fit_latent_stats(enhancer, stream: BatchStream, n_batches: int = 4) -> None:

@@ -171,7 +171,8 @@ class ImageSource(IterableDataset):
         try:
             epoch, position = int(state["epoch"]), int(state["position"])
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"data state: expected a mapping with 'epoch' and 'position', got {state!r}") from None
+            raise DataError(f"data state: expected a mapping with 'epoch' and 'position', "
+                            f"got {state!r}") from None
         self.epoch, self.position = epoch, position
         if state.get("world_size", self.world_size) != self.world_size:
             # The rank sequences are cut differently now: a position in the old ones means
@@ -193,7 +194,8 @@ class ImageSource(IterableDataset):
             if pos >= start and ((pos - start) // block) % num_workers == worker:
                 yield pos, raw
 
-    def _decoded(self, start: int, block: int, worker: int, num_workers: int) -> Iterator[tuple[int, dict | None]]:
+    def _decoded(self, start: int, block: int, worker: int,
+                 num_workers: int) -> Iterator[tuple[int, dict | None]]:
         """Like :meth:`_assigned` but decoded; a bad image gives ``None`` and is counted."""
         for pos, raw in self._assigned(start, block, worker, num_workers):
             try:
@@ -268,7 +270,8 @@ class FolderSource(IndexedSource):
         if not root.exists():
             raise _missing(root)
         if not root.is_dir():
-            raise DataError(f"data.path: '{root}' is not a directory (data.kind=folder expects a folder of images)")
+            raise DataError(f"data.path: '{root}' is not a directory "
+                            f"(data.kind=folder expects a folder of images)")
         rel, captioned = [], []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             # sorted in place so the listing, hence the permutation, is the same everywhere
@@ -465,9 +468,12 @@ class WebDatasetSource(ImageSource):
     def _on_tar_error(self, exn: Exception) -> bool:
         # A broken shard (truncated download) costs its remaining samples, not the run.
         url = next((a for a in reversed(exn.args) if isinstance(a, str) and a in self.shards), "?")
-        log.warning("webdataset: skipping the rest of shard %s (%s)", url, exn)
-        self._pending.add(BAD_SHARD, url)
         self._broken.add(url)
+        # Every worker streams the rank's shards and meets the same broken one: worker 0
+        # alone reports it, so it is counted once.
+        if _worker()[0] == 0:
+            log.warning("webdataset: skipping the rest of shard %s (%s)", url, exn)
+            self._pending.add(BAD_SHARD, url)
         return True
 
     def _rank_stream(self, epoch: int) -> Iterator[dict]:
@@ -493,8 +499,8 @@ class WebDatasetSource(ImageSource):
                 if i % self.world_size == self.rank:
                     yield s
 
-        stages: list[Callable | Any] = [wds.SimpleShardList(mine), wds.tarfile_to_samples(handler=self._on_tar_error),
-                                        track]
+        stages: list[Callable | Any] = [wds.SimpleShardList(mine),
+                                        wds.tarfile_to_samples(handler=self._on_tar_error), track]
         if split_samples:
             stages.append(split)
         if self.shuffle and self.shuffle_buffer > 1:
@@ -564,7 +570,8 @@ class HFSource(IndexedSource):
                                 f"split or a single one")
         columns = list(ds.column_names)
         if image_column not in columns:
-            raise DataError(f"{root}: no column '{image_column}' (data.image_column); found: {', '.join(columns)}")
+            raise DataError(f"{root}: no column '{image_column}' (data.image_column); "
+                            f"found: {', '.join(columns)}")
         text_col = _resolve_text_column(columns, text_column, text_required, str(root))
         if isinstance(ds.features[image_column], datasets.Image):
             ds = ds.cast_column(image_column, datasets.Image(decode=False))
@@ -593,7 +600,7 @@ class HFSource(IndexedSource):
             source = self._local(value)
         else:
             raise BadImage(name, NO_IMAGE, f"unusable value of type {type(value).__name__}")
-        image = load_image(source, self.max_pixels, name=name if not isinstance(source, Path) else str(source))
+        image = load_image(source, self.max_pixels, name=str(source) if isinstance(source, Path) else name)
         text = row.get(self.text_column) if self.text_column else ""
         return {"image": image, "text": "" if text is None else str(text), "key": str(i)}
 
@@ -616,7 +623,8 @@ def build_source(cfg: DataConfig, rank: int = 0, world_size: int = 1, seed: int 
     """
     if not cfg.path:
         raise DataError("data.path: expected a folder, shard pattern, CSV/JSONL file or dataset dir, got ''")
-    common = dict(rank=rank, world_size=world_size, seed=seed, shuffle=shuffle, max_pixels=cfg.max_image_pixels)
+    common = dict(rank=rank, world_size=world_size, seed=seed, shuffle=shuffle,
+                  max_pixels=cfg.max_image_pixels)
     text_required = cfg.text_column != DataConfig.text_column
     if cfg.kind == "folder":
         return FolderSource(cfg.path, **common)
@@ -625,11 +633,12 @@ def build_source(cfg: DataConfig, rank: int = 0, world_size: int = 1, seed: int 
     if cfg.kind == "jsonl":
         return JsonlSource(cfg.path, cfg.image_column, cfg.text_column, text_required, **common)
     if cfg.kind == "webdataset":
-        return WebDatasetSource(cfg.path, text_column=cfg.text_column, shuffle_buffer=cfg.shuffle_buffer, **common)
+        return WebDatasetSource(cfg.path, text_column=cfg.text_column, shuffle_buffer=cfg.shuffle_buffer,
+                                **common)
     if cfg.kind == "hf":
         return HFSource(cfg.path, cfg.image_column, cfg.text_column, text_required, **common)
-    raise DataError(f"data.kind: '{cfg.kind}' is not an image source (expected folder, csv, jsonl, webdataset "
-                    f"or hf; a latent cache is opened by the cache module)")
+    raise DataError(f"data.kind: '{cfg.kind}' is not an image source (expected folder, csv, jsonl, "
+                    f"webdataset or hf; a latent cache is opened by the cache module)")
 
 
 # ============================================================================= loader
@@ -661,6 +670,10 @@ class _PairedBatches(IterableDataset):
                 samples.append(self._views(sample, epoch))
         if current is not None:
             yield self._collate(samples, n_pos)
+        if src._pending.total:
+            # skips met after this worker's last block (a broken shard at the end of the
+            # stream) still travel home, in a batch that covers no positions
+            yield self._collate([], 0)
 
     def _views(self, sample: dict, epoch: int) -> dict:
         # The crop depends on (seed, epoch, key) only, not on which worker drew it.
@@ -731,13 +744,15 @@ class SourceLoader(DataLoader):
 
 
 def make_loader(source: ImageSource, views: PairedViews, batch_size: int, num_workers: int = 0,
-                seed: int = 0, *, pin_memory: bool = False, prefetch_factor: int | None = None) -> SourceLoader:
+                seed: int = 0, *, pin_memory: bool = False,
+                prefetch_factor: int | None = None) -> SourceLoader:
     """A DataLoader of paired views over ``source`` (see :class:`SourceLoader` for batches).
 
     Each worker builds whole batches (one per block of ``batch_size`` positions of the
     rank sequence), so batch k holds the same samples with the same crops for any
     ``num_workers``: crops are drawn from ``random.Random`` seeded by (seed, epoch, key).
-    Workers are not persistent, so each pass picks up the source's current epoch.
+    Workers are not persistent, so each pass picks up the source's current epoch. Sets
+    ``source.block_size = batch_size``.
     """
     if batch_size < 1:
         raise DataError(f"data.batch_size: expected >= 1, got {batch_size}")

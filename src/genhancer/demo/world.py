@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import random
@@ -70,9 +71,19 @@ __all__ = [
 # ----------------------------------------------------------------------------- vocabulary
 
 KINDS: tuple[str, ...] = (
-    "circle", "square", "triangle", "star", "hexagon", "heart",
-    "house", "tree", "car", "cup", "fish", "key",
-)  # fmt: skip
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "hexagon",
+    "heart",
+    "house",
+    "tree",
+    "car",
+    "cup",
+    "fish",
+    "key",
+)
 
 # Object colours are kept apart from the dot colours so that a colour word in a caption
 # names either the object (coarse) or the dot (fine), never both.
@@ -86,7 +97,16 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "grey": (150, 150, 150),
 }
 
-BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "dotted", "gradient", "grid", "noisy", "checkered", "wavy")
+BACKGROUNDS: tuple[str, ...] = (
+    "plain",
+    "striped",
+    "dotted",
+    "gradient",
+    "grid",
+    "noisy",
+    "checkered",
+    "wavy",
+)
 
 # Tints are a nuisance: never captioned, they keep the background from being a colour cue.
 TINTS: dict[str, tuple[int, int, int]] = {
@@ -143,7 +163,10 @@ _PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
         d: (f"with an arrow pointing {d}", f"whose arrow points {d}") for d in FINE_ATTRIBUTES["direction"]
     },
     "hole": {True: ("with a hole", "with a hole in it"), False: ("without a hole", "with no hole")},
-    "state": {"intact": ("that is intact", "that is undamaged"), "cracked": ("that is cracked", "that is broken")},
+    "state": {
+        "intact": ("that is intact", "that is undamaged"),
+        "cracked": ("that is cracked", "that is broken"),
+    },
     "count": {
         c: (
             f"with {_NUMBER_WORDS[c]} tally mark{'s' if c > 1 else ''}",
@@ -160,7 +183,10 @@ _PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
     "dot_color": {c: (f"with a {c} dot", f"with a {c} spot") for c in DOT_COLORS},
     "outline": {w: (f"with a {w} outline", f"with a {w} border") for w in FINE_ATTRIBUTES["outline"]},
     "text": {t: (f"with the number {t} on it", f"with a {t} written on it") for t in FINE_ATTRIBUTES["text"]},
-    "view": {"close-up": ("seen up close", "in a close-up view"), "far": ("seen from far away", "in a distant view")},
+    "view": {
+        "close-up": ("seen up close", "in a close-up view"),
+        "far": ("seen from far away", "in a distant view"),
+    },
 }
 
 # Words that only fine phrases use: lets a reader of captions.jsonl tell whether (and
@@ -188,12 +214,14 @@ _COARSE_TEMPLATES: tuple[str, ...] = (
 # ----------------------------------------------------------------------------- geometry
 #
 # Silhouettes live in a unit frame (y down, object radius 1). Every kind has a *core*
-# centre around which a disc of radius >= 0.52 is solid, so the four on-object cue slots
-# (dot, hole, arrow, crack at +-_SLOT) and the central digit always land on the object.
+# centre; the four on-object cue slots (dot, hole, arrow, crack at core +- _SLOT) and the
+# digit at the core lie inside every silhouette for cue_scale <= _MAX_CUE_SCALE (a test
+# checks this on the masks), so a cue never falls off its object.
 
 _SLOT = 0.27
+_MAX_CUE_SCALE = 1.0  # larger cues would leave the thinner silhouettes (key, triangle)
 _OBJECT_RADIUS = 0.28  # of the image side, before viewpoint / jitter
-_VIEW_SCALE = {"close-up": 1.0, "far": 0.78}
+_VIEW_SCALE = {"close-up": 1.0, "far": 0.82}
 _OUTLINE_WIDTH = {"thin": 0.05, "thick": 0.16}  # of the object radius, drawn outside
 _OUTLINE_RGB = (28, 28, 28)
 _BALL_RGB = (40, 40, 40)
@@ -229,7 +257,10 @@ def _rect(x0, y0, x1, y1) -> _Poly:
 
 def _regular(n: int, r: float, phase: float, cx: float = 0.0, cy: float = 0.0) -> _Poly:
     return _Poly(
-        tuple((cx + r * math.cos(phase + 2 * math.pi * k / n), cy + r * math.sin(phase + 2 * math.pi * k / n)) for k in range(n))
+        tuple(
+            (cx + r * math.cos(phase + 2 * math.pi * k / n), cy + r * math.sin(phase + 2 * math.pi * k / n))
+            for k in range(n)
+        )
     )
 
 
@@ -269,28 +300,45 @@ def _make_kinds() -> dict[str, _Kind]:
         "star": ((_star(0.98, 0.64),), (0, 0.02)),
         "hexagon": ((_regular(6, 0.9, 0),), (0, 0)),
         "heart": (
-            (_Ellipse(-0.42, -0.32, 0.47, 0.47), _Ellipse(0.42, -0.32, 0.47, 0.47),
-             _Poly(((-0.86, -0.18), (0.86, -0.18), (0, 0.88)))),
+            (
+                _Ellipse(-0.42, -0.32, 0.47, 0.47),
+                _Ellipse(0.42, -0.32, 0.47, 0.47),
+                _Poly(((-0.86, -0.18), (0.86, -0.18), (0, 0.88))),
+            ),
             (0, -0.12),
         ),
         "house": (
-            (_rect(-0.72, -0.1, 0.72, 0.88), _Poly(((-0.92, -0.08), (0.92, -0.08), (0, -0.9))),
-             _rect(0.42, -0.78, 0.6, -0.3)),
+            (
+                _rect(-0.72, -0.1, 0.72, 0.88),
+                _Poly(((-0.92, -0.08), (0.92, -0.08), (0, -0.9))),
+                _rect(0.42, -0.78, 0.6, -0.3),
+            ),
             (0, 0.36),
         ),
         "tree": (
-            (_Ellipse(0, -0.2, 0.62, 0.62), _Ellipse(0, -0.55, 0.4, 0.36), _Ellipse(-0.45, -0.1, 0.4, 0.4),
-             _Ellipse(0.45, -0.1, 0.4, 0.4), _rect(-0.14, 0.3, 0.14, 0.92)),
+            (
+                _Ellipse(0, -0.2, 0.62, 0.62),
+                _Ellipse(0, -0.55, 0.4, 0.36),
+                _Ellipse(-0.45, -0.1, 0.4, 0.4),
+                _Ellipse(0.45, -0.1, 0.4, 0.4),
+                _rect(-0.14, 0.3, 0.14, 0.92),
+            ),
             (0, -0.2),
         ),
         "car": (
-            (_rect(-0.95, -0.2, 0.95, 0.58), _Poly(((-0.62, -0.18), (-0.38, -0.68), (0.42, -0.68), (0.66, -0.18))),
-             _Ellipse(-0.55, 0.6, 0.25, 0.25), _Ellipse(0.55, 0.6, 0.25, 0.25)),
+            (
+                _rect(-0.95, -0.2, 0.95, 0.58),
+                _Poly(((-0.62, -0.18), (-0.38, -0.68), (0.42, -0.68), (0.66, -0.18))),
+                _Ellipse(-0.55, 0.6, 0.25, 0.25),
+                _Ellipse(0.55, 0.6, 0.25, 0.25),
+            ),
             (0, 0.12),
         ),
         "cup": (
-            (_Poly(((-0.78, -0.72), (0.54, -0.72), (0.42, 0.78), (-0.66, 0.78))),
-             _Arc(0.56, 0.0, 0.36, 0.38, 270, 90, 0.15)),
+            (
+                _Poly(((-0.78, -0.72), (0.54, -0.72), (0.42, 0.78), (-0.66, 0.78))),
+                _Arc(0.56, 0.0, 0.36, 0.38, 270, 90, 0.15),
+            ),
             (-0.12, 0.0),
         ),
         "fish": (
@@ -298,8 +346,12 @@ def _make_kinds() -> dict[str, _Kind]:
             (-0.2, 0),
         ),
         "key": (
-            (_Ellipse(-0.38, 0, 0.58, 0.58), _rect(0.0, -0.11, 0.95, 0.11), _rect(0.58, 0.05, 0.7, 0.36),
-             _rect(0.78, 0.05, 0.9, 0.3)),
+            (
+                _Ellipse(-0.38, 0, 0.58, 0.58),
+                _rect(0.0, -0.11, 0.95, 0.11),
+                _rect(0.58, 0.05, 0.7, 0.36),
+                _rect(0.78, 0.05, 0.9, 0.3),
+            ),
             (-0.38, 0),
         ),
     }
@@ -344,11 +396,16 @@ class Scene:
 
     def __post_init__(self):
         checks = {
-            "kind": KINDS, "color": tuple(COLORS), "background": BACKGROUNDS, "tint": tuple(TINTS),
-            "bg_variant": range(4), "dx": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1),
-            "dy": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1), "scale_jitter": range(-2, 3),
+            "kind": KINDS,
+            "color": tuple(COLORS),
+            "background": BACKGROUNDS,
+            "tint": tuple(TINTS),
+            "bg_variant": range(4),
+            "dx": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1),
+            "dy": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1),
+            "scale_jitter": range(-2, 3),
             **FINE_ATTRIBUTES,
-        }  # fmt: skip
+        }
         for name, allowed in checks.items():
             value = getattr(self, name)
             # Exact type too: True would pass as count 1, 1.0 as bg_variant 1.
@@ -368,8 +425,11 @@ class Scene:
     def from_dict(cls, d: dict) -> Scene:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
-        if unknown:
-            raise DataError(f"scene has unknown fields {sorted(unknown)}; expected {sorted(names)}")
+        missing = {"kind", "color", "background"} - set(d)
+        if unknown or missing:
+            raise DataError(
+                f"scene has unknown fields {sorted(unknown)} / lacks {sorted(missing)}; expected {sorted(names)}"
+            )
         return cls(**d)
 
     def fine_labels(self) -> dict[str, object]:
@@ -410,14 +470,22 @@ class Scene:
 
     # -- pixels
 
-    def render(self, size: int = 64, supersample: int = 4) -> Image.Image:
-        """RGB image ``size`` x ``size``: drawn at ``supersample`` x and LANCZOS-downsampled."""
-        if not isinstance(size, int) or size < 16:
-            raise DataError(f"image size must be an int >= 16, got {size!r}")
-        if not isinstance(supersample, int) or not 1 <= supersample <= 8:
+    def render(self, size: int = 64, supersample: int = 4, cue_scale: float = 1.0) -> Image.Image:
+        """RGB image ``size`` x ``size``: drawn at ``supersample`` x and LANCZOS-downsampled.
+
+        ``cue_scale`` in [0.5, 1] shrinks every fine cue (not the object): the knob that
+        makes the fine attributes harder to see.
+        """
+        _check_size(size)
+        if not isinstance(supersample, int) or isinstance(supersample, bool) or not 1 <= supersample <= 8:
             raise DataError(f"supersample must be an int in 1..8, got {supersample!r}")
-        hi = _render_hi(self, size * supersample)
-        return hi if supersample == 1 else hi.resize((size, size), Image.Resampling.LANCZOS)
+        _check_cue_scale(cue_scale)
+        hi = _render_hi(self, size * supersample, float(cue_scale))
+        if supersample == 1:
+            return hi
+        # reducing_gap=2: a box pre-reduction to 2x the target, then LANCZOS; same look,
+        # ~2.5x faster than LANCZOS over the whole 4x image (the resize dominates render).
+        return hi.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
 
 
 def _a(noun: str) -> str:
@@ -432,10 +500,6 @@ def mentioned_fine_attribute(caption: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- rendering
-
-
-def _shade(rgb, f: float) -> tuple[int, int, int]:
-    return tuple(int(round(min(255, c * f))) for c in rgb)
 
 
 @lru_cache(maxsize=512)
@@ -494,17 +558,26 @@ def _draw_part(d: ImageDraw.ImageDraw, part, px, r: float, grow: float, fill) ->
             # extra point closes the last joint so it is rounded like the others.
             d.line(pts + pts[:2], fill=fill, width=max(1, round(2 * grow)), joint="curve")
     elif isinstance(part, _Ellipse):
-        (x0, y0), (x1, y1) = px(part.cx - part.rx, part.cy - part.ry), px(part.cx + part.rx, part.cy + part.ry)
+        (x0, y0), (x1, y1) = (
+            px(part.cx - part.rx, part.cy - part.ry),
+            px(part.cx + part.rx, part.cy + part.ry),
+        )
         d.ellipse((x0 - grow, y0 - grow, x1 + grow, y1 + grow), fill=fill)
     else:  # _Arc
-        (x0, y0), (x1, y1) = px(part.cx - part.rx, part.cy - part.ry), px(part.cx + part.rx, part.cy + part.ry)
+        (x0, y0), (x1, y1) = (
+            px(part.cx - part.rx, part.cy - part.ry),
+            px(part.cx + part.rx, part.cy + part.ry),
+        )
         d.arc(
-            (x0 - grow, y0 - grow, x1 + grow, y1 + grow), part.start, part.end,
-            fill=fill, width=max(1, round(part.width * r + 2 * grow)),
-        )  # fmt: skip
+            (x0 - grow, y0 - grow, x1 + grow, y1 + grow),
+            part.start,
+            part.end,
+            fill=fill,
+            width=max(1, round(part.width * r + 2 * grow)),
+        )
 
 
-def _render_hi(s: Scene, side: int) -> Image.Image:
+def _render_hi(s: Scene, side: int, cs: float = 1.0) -> Image.Image:
     bg = _background(s.background, s.tint, s.bg_variant, side)
     img = bg.copy()
     d = ImageDraw.Draw(img)
@@ -530,58 +603,68 @@ def _render_hi(s: Scene, side: int) -> Image.Image:
         _draw_part(d, part, px, r, 0.0, obj_rgb)
 
     cx, cy = kind.core
+    slot = _SLOT
 
     def disc(x, y, rad, fill, outline=None, width=0):
         (x0, y0), (x1, y1) = px(x - rad, y - rad), px(x + rad, y + rad)
         d.ellipse((x0, y0, x1, y1), fill=fill, outline=outline, width=width)
 
     # Color and Appearance: the dot (top-left slot), ringed so a white dot still reads.
-    disc(cx - _SLOT, cy - _SLOT, 0.14, DOT_COLORS[s.dot_color], _OUTLINE_RGB, max(1, round(0.03 * r)))
+    disc(cx - slot, cy - slot, 0.14 * cs, DOT_COLORS[s.dot_color], _OUTLINE_RGB, max(1, round(0.03 * r)))
 
     # Presence: a see-through hole (top-right slot) shows the background behind it.
     if s.hole:
-        (x0, y0), (x1, y1) = px(cx + _SLOT - 0.12, cy - _SLOT - 0.12), px(cx + _SLOT + 0.12, cy - _SLOT + 0.12)
+        hr = 0.12 * cs
+        (x0, y0), (x1, y1) = px(cx + slot - hr, cy - slot - hr), px(cx + slot + hr, cy - slot + hr)
         box = (int(x0), int(y0), int(math.ceil(x1)) + 1, int(math.ceil(y1)) + 1)
         mask = Image.new("L", (box[2] - box[0], box[3] - box[1]), 0)
         ImageDraw.Draw(mask).ellipse((x0 - box[0], y0 - box[1], x1 - box[0], y1 - box[1]), fill=255)
         img.paste(bg.crop(box), box, mask)
 
     # Orientation: an arrowhead (bottom-left slot) pointing along `direction`.
-    ax, ay = cx - _SLOT, cy + _SLOT
+    ax, ay = cx - slot, cy + slot
     ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[s.direction]
-    tip, back, half = 0.15, 0.11, 0.13
+    tip, back, half = 0.15 * cs, 0.11 * cs, 0.13 * cs
     d.polygon(
-        [px(ax + ux * tip, ay + uy * tip), px(ax - ux * back - uy * half, ay - uy * back + ux * half),
-         px(ax - ux * back + uy * half, ay - uy * back - ux * half)],
+        [
+            px(ax + ux * tip, ay + uy * tip),
+            px(ax - ux * back - uy * half, ay - uy * back + ux * half),
+            px(ax - ux * back + uy * half, ay - uy * back - ux * half),
+        ],
         fill=ink,
-    )  # fmt: skip
+    )
 
     # State: a short zig-zag crack (bottom-right slot).
     if s.state == "cracked":
         zig = [(-0.15, -0.13), (-0.04, -0.03), (-0.09, 0.03), (0.04, 0.09), (0.01, 0.15)]
-        d.line([px(cx + _SLOT + x, cy + _SLOT + y) for x, y in zig], fill=ink, width=max(1, round(0.06 * r)), joint="curve")
+        d.line(
+            [px(cx + slot + x * cs, cy + slot + y * cs) for x, y in zig],
+            fill=ink,
+            width=max(1, round(0.06 * cs * r)),
+            joint="curve",
+        )
 
     # Texts: the digit at the core's centre.
-    glyph = _glyph(s.text, max(6, round(0.62 * r)))
+    glyph = _glyph(s.text, max(6, round(0.62 * cs * r)))
     gx, gy = px(cx, cy)
     img.paste(ink, (round(gx - glyph.width / 2), round(gy - glyph.height / 2)), glyph)
 
     # Positional: the ball just outside the silhouette's extent on one side.
     xmin, ymin, xmax, ymax = kind.extent
-    gap = 0.34
+    gap = 0.19 + 0.15 * cs  # clear of the thick outline whatever the ball's size
     bx, by = {
         "left": (xmin - gap, (ymin + ymax) / 2),
         "right": (xmax + gap, (ymin + ymax) / 2),
         "above": ((xmin + xmax) / 2, ymin - gap),
         "below": ((xmin + xmax) / 2, ymax + gap),
     }[s.ball_side]
-    disc(bx, by, 0.15, _BALL_RGB)
+    disc(bx, by, 0.15 * cs, _BALL_RGB)
 
     # Quantity: tally marks in the image's top-left corner, outside any object's reach.
-    u = side / 64
+    u = side / 64 * cs
     for k in range(s.count):
-        x0 = 3.5 * u + k * 3.2 * u
-        d.rectangle((x0, 3.0 * u, x0 + 1.6 * u, 9.0 * u), fill=_OUTLINE_RGB)
+        x0 = 3.5 * side / 64 + k * 3.2 * u
+        d.rectangle((x0, 3.0 * side / 64, x0 + 1.6 * u, 3.0 * side / 64 + 6.0 * u), fill=_OUTLINE_RGB)
     return img
 
 
@@ -665,6 +748,22 @@ def _check_count(n, name: str, minimum: int = 0) -> int:
     return n
 
 
+def _check_size(size) -> int:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 16:
+        raise DataError(f"image size must be an int >= 16, got {size!r}")
+    return size
+
+
+def _check_cue_scale(cue_scale) -> float:
+    if (
+        not isinstance(cue_scale, int | float)
+        or isinstance(cue_scale, bool)
+        or not 0.5 <= cue_scale <= _MAX_CUE_SCALE
+    ):
+        raise DataError(f"cue_scale must be a number in [0.5, {_MAX_CUE_SCALE}], got {cue_scale!r}")
+    return float(cue_scale)
+
+
 def _prepare_dir(out_dir) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -680,34 +779,49 @@ def _progress(total: int, desc: str):
 
 def _save_png(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # compress_level 1: ~3x faster than the default for 64 px images, same pixels.
+    # compress_level 1: several times faster than the default on 64 px images, same pixels.
     img.save(path, format="PNG", compress_level=1)
 
 
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+def _write_text(path: Path, text: str) -> None:
+    # Index files last and by rename: a half-written folder never looks complete.
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=False) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 
+def _jsonl(rows: Iterable[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _write_manifest(out: Path, what: str, **params) -> None:
+    manifest = {"generator": "genhancer.demo.world", "what": what, **params}
+    _write_text(out / "world.json", json.dumps(manifest, indent=1) + "\n")
+
+
 def write_corpus(
-    out_dir, n: int, seed: int, size: int = 64, fine_caption_prob: float = 0.15, color_prob: float = 0.75
+    out_dir,
+    n: int,
+    seed: int,
+    size: int = 64,
+    fine_caption_prob: float = 0.15,
+    color_prob: float = 0.75,
+    cue_scale: float = 1.0,
 ) -> Path:
     """A captioned training corpus: ``images/XXXX/XXXXXXX.png`` + ``captions.jsonl``.
 
     Each ``captions.jsonl`` row is ``{"image": <path relative to out_dir>, "text": ...}``.
     Captions name the kind and background always, the object colour with ``color_prob``,
-    and ONE fine attribute (uniformly chosen) with ``fine_caption_prob``. A sidecar
+    and ONE fine attribute (uniformly chosen) with ``fine_caption_prob``. The sidecar
     ``scenes.jsonl`` holds each image's full scene and which fine attribute (if any) its
     caption mentions. No scene reserved for the benchmark (``is_reserved``) is emitted.
     Returns the path of ``captions.jsonl``.
     """
     _check_count(n, "n")
     _check_size(size)
+    _check_cue_scale(cue_scale)
     for name, p in (("fine_caption_prob", fine_caption_prob), ("color_prob", color_prob)):
-        if not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+        if not isinstance(p, int | float) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise DataError(f"{name} must be a probability in [0, 1], got {p!r}")
     out = _prepare_dir(out_dir)
     captions, scenes = [], []
@@ -718,22 +832,28 @@ def write_corpus(
             fine = rng.choice(attrs) if rng.random() < fine_caption_prob else None
             text = scene._caption(rng, color_prob, fine)
             rel = f"images/{i // 1000:04d}/{i:07d}.png"
-            _save_png(scene.render(size), out / rel)
+            _save_png(scene.render(size, cue_scale=cue_scale), out / rel)
             captions.append({"image": rel, "text": text})
             scenes.append({"image": rel, "fine_mentioned": fine, "scene": scene.to_dict()})
             bar.update()
-    _write_jsonl(out / "scenes.jsonl", scenes)
-    _write_jsonl(out / "captions.jsonl", captions)
+    _write_text(out / "scenes.jsonl", _jsonl(scenes))
+    _write_manifest(
+        out,
+        "corpus",
+        n=n,
+        seed=seed,
+        size=size,
+        cue_scale=cue_scale,
+        fine_caption_prob=fine_caption_prob,
+        color_prob=color_prob,
+    )
+    _write_text(out / "captions.jsonl", _jsonl(captions))
     return out / "captions.jsonl"
 
 
-def _check_size(size) -> int:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 16:
-        raise DataError(f"size must be an int >= 16, got {size!r}")
-    return size
-
-
-def write_mmvp_benchmark(out_dir, pairs_per_category: int = 15, seed: int = 0, size: int = 64) -> Path:
+def write_mmvp_benchmark(
+    out_dir, pairs_per_category: int = 15, seed: int = 0, size: int = 64, cue_scale: float = 1.0
+) -> Path:
     """A held-out benchmark in the MMVP-VLM layout; returns the path of ``Questions.csv``.
 
     ``Questions.csv`` has exactly the columns ``Question ID,Type,Statement`` because the
@@ -746,6 +866,7 @@ def write_mmvp_benchmark(out_dir, pairs_per_category: int = 15, seed: int = 0, s
     """
     per = _check_count(pairs_per_category, "pairs_per_category", minimum=1)
     _check_size(size)
+    _check_cue_scale(cue_scale)
     out = _prepare_dir(out_dir)
     rows, meta = [], []
     qid = 0
@@ -754,30 +875,36 @@ def write_mmvp_benchmark(out_dir, pairs_per_category: int = 15, seed: int = 0, s
             folder = out / "MLLM_VLM Images" / type_name
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(per):
-                pair = _bench_pair(seed, c * 100_000 + k, attribute)
-                for scene in pair:
+                for scene in _bench_pair(seed, c * 1_000_000 + k, attribute):
                     qid += 1
                     statement = scene.statement(attribute)
-                    # 4:4:4 chroma: default 4:2:0 would smear the 5-pixel colour dot.
-                    scene.render(size).save(folder / f"{qid}.jpg", format="JPEG", quality=95, subsampling=0)
-                    rows.append((qid, type_name, statement))
-                    meta.append({
-                        "question_id": qid, "type": type_name, "attribute": attribute,
-                        "value": getattr(scene, attribute), "statement": statement,
-                        "image": f"MLLM_VLM Images/{type_name}/{qid}.jpg", "scene": scene.to_dict(),
-                    })  # fmt: skip
+                    # 4:4:4 chroma: the default 4:2:0 would smear the 5-pixel colour dot.
+                    img = scene.render(size, cue_scale=cue_scale)
+                    img.save(folder / f"{qid}.jpg", format="JPEG", quality=95, subsampling=0)
+                    rows.append([qid, type_name, statement])
+                    meta.append(
+                        {
+                            "question_id": qid,
+                            "type": type_name,
+                            "attribute": attribute,
+                            "value": getattr(scene, attribute),
+                            "statement": statement,
+                            "image": f"MLLM_VLM Images/{type_name}/{qid}.jpg",
+                            "scene": scene.to_dict(),
+                        }
+                    )
                     bar.update()
-    tmp = out / "Questions.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["Question ID", "Type", "Statement"])
-        w.writerows(rows)
-    tmp.replace(out / "Questions.csv")
-    _write_jsonl(out / "pairs.jsonl", meta)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["Question ID", "Type", "Statement"])
+    w.writerows(rows)
+    _write_text(out / "pairs.jsonl", _jsonl(meta))
+    _write_manifest(out, "mmvp-vlm", pairs_per_category=per, seed=seed, size=size, cue_scale=cue_scale)
+    _write_text(out / "Questions.csv", buf.getvalue())
     return out / "Questions.csv"
 
 
-def write_probe_set(out_dir, n: int, seed: int, size: int = 64) -> Path:
+def write_probe_set(out_dir, n: int, seed: int, size: int = 64, cue_scale: float = 1.0) -> Path:
     """Images + ``labels.jsonl`` for linear probes of each fine attribute.
 
     Row: ``{"image", "labels": {attr: str(value)}, "label_ids": {attr: class index},
@@ -786,39 +913,45 @@ def write_probe_set(out_dir, n: int, seed: int, size: int = 64) -> Path:
     """
     _check_count(n, "n")
     _check_size(size)
+    _check_cue_scale(cue_scale)
     out = _prepare_dir(out_dir)
     rows = []
     with _progress(n, "probe") as bar:
         for i in range(n):
             scene, _ = _sample_open("probe", seed, i)
-            rel = f"images/{i:06d}.png"
-            _save_png(scene.render(size), out / rel)
-            rows.append({
-                "image": rel,
-                "labels": {a: str(v) for a, v in scene.fine_labels().items()},
-                "label_ids": {a: FINE_ATTRIBUTES[a].index(v) for a, v in scene.fine_labels().items()},
-                "coarse": {a: getattr(scene, a) for a in COARSE_ATTRIBUTES},
-            })  # fmt: skip
+            rel = f"images/{i // 1000:04d}/{i:07d}.png"
+            _save_png(scene.render(size, cue_scale=cue_scale), out / rel)
+            fine = scene.fine_labels()
+            rows.append(
+                {
+                    "image": rel,
+                    "labels": {a: str(v) for a, v in fine.items()},
+                    "label_ids": {a: FINE_ATTRIBUTES[a].index(v) for a, v in fine.items()},
+                    "coarse": {a: getattr(scene, a) for a in COARSE_ATTRIBUTES},
+                }
+            )
             bar.update()
-    (out / "attributes.json").write_text(
-        json.dumps({a: [str(v) for v in vals] for a, vals in FINE_ATTRIBUTES.items()}, indent=1) + "\n"
-    )
-    _write_jsonl(out / "labels.jsonl", rows)
+    classes = {a: [str(v) for v in vals] for a, vals in FINE_ATTRIBUTES.items()}
+    _write_text(out / "attributes.json", json.dumps(classes, indent=1) + "\n")
+    _write_manifest(out, "probe", n=n, seed=seed, size=size, cue_scale=cue_scale)
+    _write_text(out / "labels.jsonl", _jsonl(rows))
     return out / "labels.jsonl"
 
 
-def write_coarse_folder(out_dir, n_per_class: int, seed: int, size: int = 64) -> Path:
+def write_coarse_folder(out_dir, n_per_class: int, seed: int, size: int = 64, cue_scale: float = 1.0) -> Path:
     """``out_dir/<kind>/<i>.png`` for zero-shot classification; class names are the kind
     words captions use (``KINDS``). Everything but the kind is random. Returns ``out_dir``."""
     per = _check_count(n_per_class, "n_per_class", minimum=1)
     _check_size(size)
+    _check_cue_scale(cue_scale)
     out = _prepare_dir(out_dir)
     with _progress(per * len(KINDS), "coarse") as bar:
         for c, kind in enumerate(KINDS):
             for i in range(per):
                 scene, _ = _sample_open("coarse", seed, c * 1_000_000 + i, kind=kind)
-                _save_png(scene.render(size), out / kind / f"{i:05d}.png")
+                _save_png(scene.render(size, cue_scale=cue_scale), out / kind / f"{i:05d}.png")
                 bar.update()
+    # No manifest here: any extra entry would read as a class to a folder loader.
     return out
 
 

@@ -23,8 +23,8 @@ def _new_figure(n_groups: int) -> tuple[Figure, object]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _wrap(label: str, width: int = 14) -> str:
-    return "\n".join(textwrap.wrap(label, width)) or label
+def _wrap(label: str, width: int = 16) -> str:
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False)) or label
 
 
 def plot_grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float | None]], path: str | Path,
@@ -55,11 +55,13 @@ def plot_grouped_bars(labels: Sequence[str], series: Mapping[str, Sequence[float
     ax.set_xticklabels([_wrap(x) for x in labels], fontsize=7)
     ax.set_ylabel(ylabel)
     if ylim is not None:
-        ax.set_ylim(*ylim)
+        # Head room above the top tick so that value labels on full bars stay inside the axes.
+        ax.set_ylim(ylim[0], ylim[1] + 0.08 * (ylim[1] - ylim[0]))
+        ax.set_yticks([t for t in ax.get_yticks() if ylim[0] <= t <= ylim[1]])
     if title:
         ax.set_title(title)
     if len(series) > 1 or reference is not None:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = Path(path)

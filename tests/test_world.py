@@ -1,0 +1,216 @@
+"""The embedded testbed's data generator: determinism, MMVP-VLM format, pair minimality,
+caption statistics and the geometry that keeps every fine cue on its object."""
+
+import csv
+import dataclasses
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from genhancer.demo import world as W
+from genhancer.errors import DataError
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _changed_fraction(a: Image.Image, b: Image.Image, tol: int = 16) -> float:
+    d = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max(-1)
+    return float((d > tol).mean())
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mmvp")
+    W.write_mmvp_benchmark(out, seed=11)
+    return out
+
+
+def test_render_is_deterministic_and_seeded(tmp_path):
+    a = W.write_corpus(tmp_path / "a", 12, seed=3).parent
+    b = W.write_corpus(tmp_path / "b", 12, seed=3).parent
+    c = W.write_corpus(tmp_path / "c", 12, seed=4).parent
+    prefix = W.write_corpus(tmp_path / "p", 5, seed=3).parent
+    rows = _read_jsonl(a / "captions.jsonl")
+    assert len(rows) == 12
+    assert (a / "captions.jsonl").read_bytes() == (b / "captions.jsonl").read_bytes()
+    for row in rows:
+        assert (a / row["image"]).read_bytes() == (b / row["image"]).read_bytes()
+    # Item i does not depend on n: a smaller corpus is a prefix of a bigger one.
+    assert _read_jsonl(prefix / "captions.jsonl") == rows[:5]
+    # Another seed gives other scenes and other pixels.
+    other = _read_jsonl(c / "captions.jsonl")
+    assert [r["text"] for r in other] != [r["text"] for r in rows]
+    pix = lambda root, r: np.asarray(Image.open(root / r["image"]))  # noqa: E731
+    assert sum(not np.array_equal(pix(a, r), pix(c, s)) for r, s in zip(rows, other)) >= 10
+
+
+def test_render_shape_and_repeatability():
+    scene = W.sample_scene(random.Random(0))
+    img = scene.render(48)
+    assert img.size == (48, 48) and img.mode == "RGB"
+    assert np.array_equal(np.asarray(img), np.asarray(scene.render(48)))
+    assert np.asarray(scene.render(64, cue_scale=0.5)).tolist() != np.asarray(scene.render(64)).tolist()
+
+
+def test_questions_csv_matches_mmvp_vlm_layout(bench):
+    with open(bench / "Questions.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    # Upstream unpacks every row into exactly three names.
+    assert rows[0] == ["Question ID", "Type", "Statement"]
+    body = rows[1:]
+    assert len(body) == 270 and all(len(r) == 3 for r in body)
+    assert [int(r[0]) for r in body] == list(range(1, 271))
+    types = [t for t, _ in W.MMVP_CATEGORIES]
+    assert types == [
+        "Orientation and Direction", "Presence of Specific Features", "State and Condition",
+        "Quantity and Count", "Positional and Relational Context", "Color and Appearance",
+        "Structural Characteristics", "Texts", "Viewpoint and Perspective",
+    ]  # fmt: skip
+    for i, (qid, qtype, statement) in enumerate(body):
+        assert qtype == types[i // 30], f"row {qid}"
+        assert statement.startswith("a ") or statement.startswith("an ")
+    for k in range(0, 270, 2):
+        first, second = body[k], body[k + 1]
+        # Both images of a pair are read from the folder of the pair's first row.
+        for qid in (first[0], second[0]):
+            assert (bench / "MLLM_VLM Images" / first[1] / f"{qid}.jpg").is_file()
+        assert first[2] != second[2], "a pair's two statements must disagree"
+
+
+def test_benchmark_pairs_differ_in_exactly_the_category_attribute(bench):
+    meta = _read_jsonl(bench / "pairs.jsonl")
+    assert len(meta) == 270
+    changed = {}
+    for k in range(0, 270, 2):
+        m1, m2 = meta[k], meta[k + 1]
+        s1, s2 = W.Scene.from_dict(m1["scene"]), W.Scene.from_dict(m2["scene"])
+        attr = dict(W.MMVP_CATEGORIES)[m1["type"]]
+        diff = [f.name for f in dataclasses.fields(W.Scene) if getattr(s1, f.name) != getattr(s2, f.name)]
+        assert diff == [attr], f"pair {m1['question_id']} differs in {diff}"
+        # The odd row is true of the first image, the even row of the second.
+        assert m1["statement"] == s1.statement(attr) != s2.statement(attr)
+        assert m2["statement"] == s2.statement(attr) != s1.statement(attr)
+        assert W.is_reserved(s1) and W.is_reserved(s2)
+
+        img1, img2 = s1.render(64), s2.render(64)
+        frac = _changed_fraction(img1, img2)
+        changed.setdefault(attr, []).append(frac)
+        # The JPEG on disk is this scene's rendering (q95, 4:4:4: close, not exact).
+        jpg = Image.open(bench / m1["image"]).convert("RGB")
+        assert np.abs(np.asarray(jpg, np.int16) - np.asarray(img1, np.int16)).mean() < 3.0
+    for attr, fracs in changed.items():
+        assert min(fracs) > 0.001, f"{attr}: some pair is (nearly) pixel-identical"
+        # Only a small region changes; the viewpoint pair rescales the object, hence more.
+        bound = 0.30 if attr == "view" else 0.10
+        assert max(fracs) < bound, f"{attr}: up to {max(fracs):.3f} of pixels change"
+    # Most categories are truly local cues: well under 2 % of the image on average.
+    local = [a for a in changed if a not in ("view", "outline")]
+    assert all(np.mean(changed[a]) < 0.02 for a in local)
+
+
+def test_corpus_captions_mention_fine_attributes_rarely(tmp_path):
+    n, p = 400, 0.15
+    root = W.write_corpus(tmp_path / "c", n, seed=0, fine_caption_prob=p).parent
+    caps = _read_jsonl(root / "captions.jsonl")
+    scenes = _read_jsonl(root / "scenes.jsonl")
+    assert all(set(c) == {"image", "text"} for c in caps)
+    mentioned = 0
+    for cap, meta in zip(caps, scenes):
+        scene = W.Scene.from_dict(meta["scene"])
+        words = cap["text"].replace(",", " ").split()
+        assert scene.kind in words and scene.background in words
+        assert not W.is_reserved(scene), "a benchmark scene leaked into the corpus"
+        fine = W.mentioned_fine_attribute(cap["text"])
+        assert fine == meta["fine_mentioned"]
+        if fine is not None:
+            mentioned += 1
+            # What a caption says about a fine attribute is true of its image.
+            assert any(scene.phrase(fine, v) in cap["text"] for v in range(2))
+    sd = math.sqrt(p * (1 - p) / n)
+    assert abs(mentioned / n - p) < 5 * sd, f"{mentioned}/{n} captions name a fine attribute"
+
+    none = W.write_corpus(tmp_path / "none", 30, seed=0, fine_caption_prob=0.0).parent
+    assert all(W.mentioned_fine_attribute(c["text"]) is None for c in _read_jsonl(none / "captions.jsonl"))
+    every = W.write_corpus(tmp_path / "all", 30, seed=0, fine_caption_prob=1.0).parent
+    assert all(W.mentioned_fine_attribute(c["text"]) for c in _read_jsonl(every / "captions.jsonl"))
+
+
+def test_coarse_content_separates_a_batch():
+    rng = random.Random(5)
+    batch = [W.sample_scene(rng) for _ in range(128)]
+    assert len({s.coarse_caption() for s in batch}) >= 100
+    assert len(W.KINDS) >= 10 and len(W.BACKGROUNDS) >= 6
+    # Every fine attribute varies inside a batch (so it could matter, but rarely needs to).
+    for attr, values in W.FINE_ATTRIBUTES.items():
+        assert {getattr(s, attr) for s in batch} == set(values), attr
+
+
+def test_coarse_folder_classes_are_caption_words(tmp_path):
+    out = W.write_coarse_folder(tmp_path / "zs", 3, seed=1)
+    classes = sorted(p.name for p in out.iterdir())
+    assert classes == sorted(W.KINDS)
+    for kind in W.KINDS:
+        files = sorted((out / kind).glob("*.png"))
+        assert len(files) == 3
+        assert Image.open(files[0]).size == (64, 64)
+        assert kind in W.Scene(kind=kind, color="teal", background="plain").coarse_caption().split()
+
+
+def test_probe_set_labels_every_fine_attribute(tmp_path):
+    labels = W.write_probe_set(tmp_path / "probe", 200, seed=2)
+    rows = _read_jsonl(labels)
+    classes = json.loads((labels.parent / "attributes.json").read_text())
+    assert list(classes) == list(W.FINE_ATTRIBUTES)
+    assert len(rows) == 200
+    for row in rows:
+        assert (labels.parent / row["image"]).is_file()
+        assert set(row["labels"]) == set(W.FINE_ATTRIBUTES)
+        for attr, idx in row["label_ids"].items():
+            assert classes[attr][idx] == row["labels"][attr]
+    for attr, names in classes.items():
+        seen = {row["label_ids"][attr] for row in rows}
+        assert seen == set(range(len(names))), f"{attr}: some class never appears"
+
+
+@pytest.mark.parametrize("kind", W.KINDS)
+def test_fine_cues_stay_on_their_object(kind):
+    # Draw the bare silhouette and check the four cue slots and the digit box are inside.
+    side, k = 400, W._KINDS[kind]
+    r = side * 0.3
+    mask = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    for part in k.parts:
+        W._draw_part(draw, part, lambda x, y: (side / 2 + x * r, side / 2 + y * r), r, 0.0, 255)
+    m = np.asarray(mask) > 0
+    yy, xx = (np.mgrid[0:side, 0:side] - side / 2) / r
+    cx, cy = k.core
+    for sx, sy in [(-1, -1), (1, -1), (-1, 1), (1, 1)]:
+        slot = (xx - cx - sx * W._SLOT) ** 2 + (yy - cy - sy * W._SLOT) ** 2 < 0.17**2
+        assert m[slot].all(), f"{kind}: slot {(sx, sy)} leaves the silhouette"
+    assert m[(abs(xx - cx) < 0.15) & (abs(yy - cy) < 0.24)].all(), f"{kind}: digit leaves the silhouette"
+
+
+def test_user_errors_raise_data_error(tmp_path):
+    with pytest.raises(DataError, match="kind"):
+        W.Scene(kind="dragon", color="teal", background="plain")
+    with pytest.raises(DataError, match="count"):
+        W.Scene(kind="star", color="teal", background="plain", count=True)
+    with pytest.raises(DataError, match="unknown fields"):
+        W.Scene.from_dict({"kind": "star", "color": "teal", "background": "plain", "size": 3})
+    with pytest.raises(DataError, match="fine_caption_prob"):
+        W.write_corpus(tmp_path / "x", 2, seed=0, fine_caption_prob=1.5)
+    with pytest.raises(DataError, match="n must be"):
+        W.write_corpus(tmp_path / "x", -1, seed=0)
+    with pytest.raises(DataError, match="size"):
+        W.Scene(kind="star", color="teal", background="plain").render(8)
+    with pytest.raises(DataError, match="cue_scale"):
+        W.write_probe_set(tmp_path / "x", 2, seed=0, cue_scale=3.0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="not a directory"):
+        W.write_coarse_folder(tmp_path / "file", 1, seed=0)
