@@ -19,6 +19,16 @@ from genhancer.tokenizers.vq import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These models are too small to split across threads; on a shared 2-core machine two
+    # spinning OpenMP threads made the tokenizer run ~10x slower than one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def coloured_shapes(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
     """Rectangles and ellipses of random colours on flat backgrounds, [N,3,H,W] in [-1, 1]."""
     rng = np.random.default_rng(seed)
@@ -48,15 +58,8 @@ def shapes():
 @pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
     out = tmp_path_factory.mktemp("vq") / "tok"
-    # One intra-op thread: these convs are too small to split, and on a shared 2-core
-    # machine two spinning OpenMP threads made the same run ~10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        metrics = train_vq_tokenizer(shapes, out, codebook_size=64, codebook_dim=16, downsample=4, steps=300,
-                                     batch_size=8, lr=2e-3, channels=16, seed=0, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    metrics = train_vq_tokenizer(shapes, out, codebook_size=64, codebook_dim=16, downsample=4, steps=300,
+                                 batch_size=8, lr=2e-3, channels=16, seed=0, progress=False)
     return out, metrics
 
 
