@@ -10,6 +10,7 @@ from genhancer.denoisers.perceiver import PRESETS, PerceiverDenoiser, build_perc
 from genhancer.errors import ConfigError, ShapeError
 from genhancer.objectives.masked_tokens import MaskedTokens
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # These models are too small to split across threads; on a shared 2-core machine two

@@ -151,6 +151,7 @@ def test_checkpoint_round_trip_gives_identical_codes(shapes, trained):
     assert recon.shape == (8, 3, 32, 32) and recon.min() >= -1 and recon.max() <= 1
     assert psnr(recon, shapes[:8]) > metrics["psnr"] - 3
     assert not any(p.requires_grad for p in space.parameters())  # the tokenizer is frozen
+    assert not space.train().backend.training  # and stays in eval mode under a parent's .train()
     with pytest.raises(ShapeError, match="not divisible"):
         space.encode(torch.zeros(1, 3, 30, 30))
 
@@ -242,6 +243,12 @@ def test_training_accepts_datasets_and_iterators(tmp_path, shapes):
     m = train_vq_tokenizer(iter(ds), tmp_path / "a", codebook_size=8, codebook_dim=4, steps=2, batch_size=4,
                            channels=8, progress=False)
     assert m["eval_images"] == 10 and m["steps"] == 2
+    # seeded: the same call writes the same weights
+    again = train_vq_tokenizer(iter(ds), tmp_path / "a2", codebook_size=8, codebook_dim=4, steps=2, batch_size=4,
+                               channels=8, progress=False)
+    assert again["psnr"] == m["psnr"]
+    assert (tmp_path / "a" / "vq_tokenizer.safetensors").read_bytes() == \
+        (tmp_path / "a2" / "vq_tokenizer.safetensors").read_bytes()
     with pytest.raises(ShapeError, match=r"expected tensors \[3,H,W\]"):
         train_vq_tokenizer([torch.zeros(32, 32)], tmp_path / "b", steps=1, progress=False)
     assert not (tmp_path / "b").exists()

@@ -106,12 +106,11 @@ def test_benchmark_pairs_differ_in_exactly_the_category_attribute(bench):
         assert np.abs(np.asarray(jpg, np.int16) - np.asarray(img1, np.int16)).mean() < 3.0
     for attr, fracs in changed.items():
         assert min(fracs) > 0.001, f"{attr}: some pair is (nearly) pixel-identical"
-        # Only a small region changes; the viewpoint pair rescales the object, hence more.
-        bound = 0.30 if attr == "view" else 0.10
+        # Only a small region changes: a local cue (seen: <= 2 %), the outline band around
+        # the silhouette (<= 12 %), or, for viewpoint, the rescaled object (<= 22 %).
+        bound = {"view": 0.30, "outline": 0.18}.get(attr, 0.04)
         assert max(fracs) < bound, f"{attr}: up to {max(fracs):.3f} of pixels change"
-    # Most categories are truly local cues: well under 2 % of the image on average.
-    local = [a for a in changed if a not in ("view", "outline")]
-    assert all(np.mean(changed[a]) < 0.02 for a in local)
+    assert set(changed) == set(W.FINE_ATTRIBUTES)
 
 
 def test_corpus_captions_mention_fine_attributes_rarely(tmp_path):
@@ -191,7 +190,7 @@ def test_fine_cues_stay_on_their_object(kind):
     yy, xx = (np.mgrid[0:side, 0:side] - side / 2) / r
     cx, cy = k.core
     for sx, sy in [(-1, -1), (1, -1), (-1, 1), (1, 1)]:
-        slot = (xx - cx - sx * W._SLOT) ** 2 + (yy - cy - sy * W._SLOT) ** 2 < 0.17**2
+        slot = (xx - cx - sx * W._SLOT) ** 2 + (yy - cy - sy * W._SLOT) ** 2 < 0.18**2
         assert m[slot].all(), f"{kind}: slot {(sx, sy)} leaves the silhouette"
     assert m[(abs(xx - cx) < 0.15) & (abs(yy - cy) < 0.24)].all(), f"{kind}: digit leaves the silhouette"
 

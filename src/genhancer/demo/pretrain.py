@@ -15,6 +15,7 @@ model's own learnable ``logit_scale``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -151,17 +152,29 @@ def _clip_loss(logits: torch.Tensor, caption_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float):
+    # open_clip's rule: no decay on gains, biases, the class token and the temperature,
+    # whose size is not a measure of overfitting.
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        # Decay only matrices: biases, norms, embeddings and the temperature are not
-        # weights whose size measures overfitting.
-        if p.ndim < 2 or "embedding" in name or "logit_scale" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool):
+    """Without our own bar, transformers' save / load bars would be the only output."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if quiet and was:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was:
+            hf_logging.enable_progress_bar()
 
 
 def _lr_lambda(steps: int, warmup: int):
@@ -248,6 +261,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
     # Fail before minutes of training, not after (atomic_dir checks again at the rename).
     if out.exists() and not overwrite:
         raise GenHancerError(f"'{out}' already exists; pass overwrite=True (--overwrite) to replace it")
+    t_start = time.perf_counter()
     rows = read_captions(corpus / "captions.jsonl")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -289,6 +303,8 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
 
         model = enc.model
         model.train()
+        # CLIP's own betas / eps: beta2 0.98 steadies Adam under the large, noisy gradients
+        # of a contrastive loss over a whole batch.
         opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup))
         bs = min(batch_size, len(train_idx))
@@ -303,7 +319,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
                 perm, pos = train_idx[torch.randperm(len(train_idx), generator=gen)], 0
             b = perm[pos:pos + bs]
             pos += bs
-            x = _random_resized_crop(pixels[b].float() / 255, gen).to(dev)
+            x = _random_resized_crop(pixels[b].to(dev).float() / 255, gen)
             x = (x - mean) / std
             img, _ = enc.encode_image(x)
             txt = enc.encode_text(ids[b].to(dev), mask[b].to(dev))
@@ -335,6 +351,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
             **val,
             "train_seconds": round(train_s, 2),
             "seconds_per_step": round(train_s / steps, 4),
+            "total_seconds": round(time.perf_counter() - t_start, 2),  # + tokenizer, images, eval
             "steps": steps, "batch_size": bs, "lr": lr, "warmup_steps": warmup,
             "train_images": len(train_idx), "unique_captions": len(uniq),
             "skipped_images": skipped.counts(),
@@ -351,5 +368,6 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
             w.writerow(["step", "loss", "lr", "logit_scale"])
             w.writerows(log_rows)
 
-    atomic_dir(out, write, overwrite=overwrite)
+    with _quiet_transformers(not show):
+        atomic_dir(out, write, overwrite=overwrite)
     return metrics

@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import math
+import numbers
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -640,7 +641,8 @@ def _render_hi(s: Scene, side: int, cs: float = 1.0) -> Image.Image:
 
     # State: a short zig-zag crack (bottom-right slot).
     if s.state == "cracked":
-        zig = [(-0.15, -0.13), (-0.04, -0.03), (-0.09, 0.03), (0.04, 0.09), (0.01, 0.15)]
+        # Starts right of the digit's box so it does not read as part of the glyph.
+        zig = [(-0.11, -0.14), (0.0, -0.04), (-0.05, 0.02), (0.08, 0.08), (0.05, 0.14)]
         d.line(
             [px(cx + slot + x * cs, cy + slot + y * cs) for x, y in zig],
             fill=ink,
@@ -674,7 +676,6 @@ def _render_hi(s: Scene, side: int, cs: float = 1.0) -> Image.Image:
 
 # ----------------------------------------------------------------------------- sampling
 
-_STREAMS = {"corpus": 1, "bench": 2, "probe": 3, "coarse": 4}
 _RESERVED_BUCKETS = 8
 
 
@@ -687,11 +688,15 @@ def is_reserved(scene: Scene) -> bool:
     return int.from_bytes(digest, "little") % _RESERVED_BUCKETS == 0
 
 
-def _rng(stream: str, seed: int, index: int) -> random.Random:
-    if not isinstance(seed, int) or isinstance(seed, bool):
+def _check_seed(seed) -> int:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
         raise DataError(f"seed must be an int, got {seed!r}")
+    return int(seed)  # numpy integers too, as a plain int for the manifest
+
+
+def _rng(stream: str, seed: int, index: int) -> random.Random:
     # A string seed goes through SHA-512 in CPython: stable across runs and platforms.
-    return random.Random(f"genhancer-world/{stream}/{seed}/{index}")
+    return random.Random(f"genhancer-world/{stream}/{_check_seed(seed)}/{index}")
 
 
 def sample_scene(rng: random.Random, **fixed) -> Scene:
@@ -824,6 +829,7 @@ def write_corpus(
     _check_count(n, "n")
     _check_size(size)
     _check_cue_scale(cue_scale)
+    seed = _check_seed(seed)
     for name, p in (("fine_caption_prob", fine_caption_prob), ("color_prob", color_prob)):
         if not isinstance(p, int | float) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise DataError(f"{name} must be a probability in [0, 1], got {p!r}")
@@ -871,6 +877,7 @@ def write_mmvp_benchmark(
     per = _check_count(pairs_per_category, "pairs_per_category", minimum=1)
     _check_size(size)
     _check_cue_scale(cue_scale)
+    seed = _check_seed(seed)
     out = _prepare_dir(out_dir)
     rows, meta = [], []
     qid = 0
@@ -918,6 +925,7 @@ def write_probe_set(out_dir, n: int, seed: int, size: int = 64, cue_scale: float
     _check_count(n, "n")
     _check_size(size)
     _check_cue_scale(cue_scale)
+    seed = _check_seed(seed)
     out = _prepare_dir(out_dir)
     rows = []
     with _progress(n, "probe") as bar:
@@ -948,6 +956,7 @@ def write_coarse_folder(out_dir, n_per_class: int, seed: int, size: int = 64, cu
     per = _check_count(n_per_class, "n_per_class", minimum=1)
     _check_size(size)
     _check_cue_scale(cue_scale)
+    seed = _check_seed(seed)
     out = _prepare_dir(out_dir)
     with _progress(per * len(KINDS), "coarse") as bar:
         for c, kind in enumerate(KINDS):

@@ -344,6 +344,13 @@ class VQSpace(LatentSpace):
         self.downsample = int(backend.downsample)
         self.backend.eval().requires_grad_(False)
 
+    def train(self, mode: bool = True) -> VQSpace:
+        # A parent's .train() must not put the frozen tokenizer in training mode (dropout,
+        # norm statistics of an off-the-shelf model).
+        super().train(mode)
+        self.backend.eval()
+        return self
+
     @classmethod
     def from_genhancer(cls, path: str | Path) -> VQSpace:
         """A directory written by :func:`train_vq_tokenizer`."""
@@ -503,11 +510,13 @@ def train_vq_tokenizer(images: Iterable | torch.Tensor, out_dir: str | Path, cod
     codebook ``usage`` (fraction of codes used on the data), ``perplexity``, the last
     training losses and ``steps``. The checkpoint directory appears atomically.
     """
+    from torch.utils.data import IterableDataset
     from tqdm.auto import tqdm
 
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ConfigError(f"VQ training: expected steps >= 1, batch_size >= 1, lr > 0; "
+                          f"got {steps}, {batch_size}, {lr}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    from torch.utils.data import IterableDataset
-
     if not isinstance(images, (torch.Tensor, IterableDataset)) and not hasattr(images, "__getitem__"):
         images = list(images)  # a one-pass iterator is read once: training and evaluation both need it
     # Fork the RNG so a seeded run is reproducible without disturbing the caller's stream.
