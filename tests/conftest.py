@@ -9,7 +9,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: with two, OpenMP spin-waiting made small ops ~10x slower on a shared 2-core box.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

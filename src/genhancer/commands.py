@@ -189,3 +189,57 @@ def cmd_demo(args) -> int:
 
 
 cmd_demo.configure = _add_demo
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def _add_tokenizer(p):
+    sub = p.add_subparsers(dest="tok_cmd", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train a small VQ tokenizer (the discrete variant's latent space)")
+    t.add_argument("--data", required=True, help="image folder, CSV / JSONL file, or shard pattern")
+    t.add_argument("--data-kind", default="folder", choices=("folder", "csv", "jsonl", "webdataset", "hf"))
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    t.add_argument("--image-size", type=int, default=64)
+    t.add_argument("--max-images", type=int, default=4096, help="images read into memory for training")
+    t.add_argument("--codebook-size", type=int, default=512)
+    t.add_argument("--codebook-dim", type=int, default=32)
+    t.add_argument("--downsample", type=int, default=4)
+    t.add_argument("--mode", choices=("ema", "straight_through"), default="ema")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+
+
+def load_image_tensor(kind: str, path: str, size: int, limit: int):
+    """Up to ``limit`` images of a data source, center-cropped to [N,3,size,size] in [-1,1]."""
+    import torch
+
+    from genhancer.config import DataConfig
+    from genhancer.data.sources import build_source
+    from genhancer.data.transforms import PairedViews
+
+    src = build_source(DataConfig(kind=kind, path=path), shuffle=False)
+    views = PairedViews(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), size, train=False)
+    out = []
+    for item in src:
+        out.append(views(item["image"])["gen_pixels"])
+        if len(out) >= limit:
+            break
+    return torch.stack(out), src.skipped.summary()
+
+
+@command("tokenizer", "train a VQ tokenizer for the discrete denoiser")
+def cmd_tokenizer(args) -> int:
+    from genhancer.tokenizers.vq import train_vq_tokenizer
+
+    images, skipped = load_image_tensor(args.data_kind, args.data, args.image_size, args.max_images)
+    m = train_vq_tokenizer(images, args.out, codebook_size=args.codebook_size, codebook_dim=args.codebook_dim,
+                           downsample=args.downsample, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                           mode=args.mode, seed=args.seed, progress=True)
+    print(f"VQ tokenizer: PSNR {m['psnr']:.2f} dB, codebook usage {100 * m['usage']:.1f} %, perplexity "
+          f"{m['perplexity']:.1f} on {len(images)} images ({skipped}) -> {args.out}")
+    return 0
+
+
+cmd_tokenizer.configure = _add_tokenizer

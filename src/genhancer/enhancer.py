@@ -51,7 +51,8 @@ class Enhancer(nn.Module):
                                                                        cfg.encoder.image_size)
         self.space = space if space is not None else build_latent_space(cfg)
         self.gen_size = cfg.tokenizer.image_size or self.encoder.spec.size
-        p = cfg.denoiser.patch_size
+        # Discrete codes are tokens already; continuous latents are patchified p x p.
+        self.patch = p = 1 if self.space.discrete else cfg.denoiser.patch_size
         h, w = self.space.latent_hw(self.gen_size, p)
         self.grid = (h // p, w // p)
         cond_dim = cfg.projector.cond_dim or denoiser_hidden_size(cfg)
@@ -130,7 +131,7 @@ class Enhancer(nn.Module):
             return self.objective.loss(self.denoiser, z.flatten(1), cond, cond_tokens, generator=generator)
         from genhancer.tokenizers.patchify import patchify
 
-        x1 = patchify(z, self.cfg.denoiser.patch_size)
+        x1 = patchify(z, self.patch)
         return self.objective.loss(self.denoiser, x1, cond, cond_tokens, grid=self.grid, generator=generator)
 
     # ------------------------------------------------------------------ sampling
@@ -140,14 +141,14 @@ class Enhancer(nn.Module):
         """Images [B,3,Sg,Sg] in [-1,1] generated from the global token of ``pixel_values`` alone."""
         global_token, patches = self.encoder.encode_image(pixel_values)
         cond, cond_tokens = self.condition(global_token, patches, generator)
-        h, w = self.grid[0] * self.cfg.denoiser.patch_size, self.grid[1] * self.cfg.denoiser.patch_size
+        h, w = self.grid[0] * self.patch, self.grid[1] * self.patch
         if self.space.discrete:
             codes = self.objective.sample(self.denoiser, cond, h * w, cond_tokens=cond_tokens, steps=steps,
                                           generator=generator)
             return self.space.decode(codes.view(-1, h, w))
         from genhancer.tokenizers.patchify import unpatchify
 
-        p = self.cfg.denoiser.patch_size
+        p = self.patch
         shape = (cond.shape[0], self.grid[0] * self.grid[1], self.space.channels * p * p)
         x1 = self.objective.sample(self.denoiser, cond, shape, cond_tokens=cond_tokens, grid=self.grid,
                                    steps=steps, generator=generator)

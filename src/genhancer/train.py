@@ -147,13 +147,15 @@ def build_for_training(cfg: Config, device: torch.device | None = None):
     """Enhancer configured for ``cfg.train.stage``, stage-2 initialisation included."""
     from genhancer.enhancer import Enhancer
 
-    enhancer = Enhancer(cfg)
-    if cfg.train.stage == "2":
+    if cfg.train.stage == "2":  # checked before any model is loaded: fail fast
         if not cfg.train.init_from:
             raise CheckpointError("train.init_from: stage 2 needs a stage-1 checkpoint (a checkpoint or run dir)")
         init = resolve_checkpoint(cfg.train.init_from)
+    enhancer = Enhancer(cfg)
+    if cfg.train.stage == "2":
         load_into(enhancer, load_weights(init), f"train.init_from '{init}'")
-        load_into(enhancer.space, load_weights(init, "space.safetensors"), f"train.init_from '{init}' (space)")
+        load_into(enhancer.space, load_weights(init, "space.safetensors"), f"train.init_from '{init}' (space)",
+                  strict_keys=False)
     enhancer.set_stage(cfg.train.stage)
     return enhancer
 
@@ -193,7 +195,19 @@ def _save_checkpoint(run_dir: Path, step: int, enhancer, opt, sched, stream: Bat
     return out
 
 
-def _load_checkpoint(ckpt: Path, enhancer, opt, sched, stream: BatchStream) -> dict:
+def _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg) -> None:
+    """Every rank hands in its own data position; rank 0 writes the checkpoint."""
+    from accelerate.utils import gather_object
+
+    mine = [json.dumps(stream.state_dict())]
+    ranks = gather_object(mine) if accelerator.num_processes > 1 else mine
+    if accelerator.is_main_process:
+        _save_checkpoint(run_dir, step, accelerator.unwrap_model(model), opt, sched, stream,
+                         {**history, "data_per_rank": [json.loads(r) for r in ranks]}, cfg)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(ckpt: Path, enhancer, opt, sched, stream: BatchStream, rank: int = 0) -> dict:
     load_into(enhancer, load_weights(ckpt), f"checkpoint '{ckpt}'")
     load_into(enhancer.space, load_weights(ckpt, "space.safetensors"), f"checkpoint '{ckpt}' (space)",
               strict_keys=False)
@@ -205,7 +219,8 @@ def _load_checkpoint(ckpt: Path, enhancer, opt, sched, stream: BatchStream) -> d
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     st = read_state(ckpt)
-    stream.load_state_dict(st["data"])
+    per_rank = st.get("data_per_rank") or []
+    stream.load_state_dict(per_rank[rank] if rank < len(per_rank) else st["data"])
     return st
 
 
@@ -247,7 +262,7 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     history = {"bad_steps": 0}
     start = 0
     if ckpt is not None:
-        st = _load_checkpoint(ckpt, enhancer, opt, sched, stream)
+        st = _load_checkpoint(ckpt, enhancer, opt, sched, stream, rank)
         start = st["step"]
     # The scheduler is stepped by hand once per optimizer step; accelerate would step it
     # once per process, shortening warmup under DDP.
@@ -280,7 +295,10 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
             with accelerator.accumulate(model), accelerator.autocast():
                 out = model(batch, generator=gen)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
+                ok = torch.isfinite(loss.detach()).float()
+                if world > 1:  # every rank must skip together, or the gradient all-reduce hangs
+                    ok = accelerator.gather(ok[None]).min()
+                if not bool(ok):
                     finite = False
                     opt.zero_grad(set_to_none=True)
                     continue
@@ -306,13 +324,14 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
             history["bad_steps"] += 1
             accelerator.print(f"step {step}: non-finite loss, step skipped ({bad_in_row} in a row)")
             if bad_in_row >= t.max_bad_steps:
-                if accelerator.is_main_process:
-                    _save_checkpoint(run_dir, step, accelerator.unwrap_model(model), opt, sched, stream, history, cfg)
+                _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg)
                 raise GenHancerError(f"aborted at step {step}: {bad_in_row} non-finite losses in a row "
                                      "(lower train.lr or check the data); a checkpoint was written")
-            continue
-        bad_in_row = 0
-        losses.append(step_loss)
+            if step != t.steps:
+                continue
+        else:
+            bad_in_row = 0
+            losses.append(step_loss)
         bar.update(1)
         if step % t.log_every == 0 or step == t.steps:
             rate = samples / max(time.perf_counter() - t0, 1e-9)
@@ -324,9 +343,7 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
                     csv.writer(f).writerow([step, f"{step_loss:.6f}", f"{sched.get_last_lr()[0]:.3e}",
                                             f"{gn:.4f}", f"{rate:.2f}"])
         if step % t.checkpoint_every == 0 or step == t.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                _save_checkpoint(run_dir, step, accelerator.unwrap_model(model), opt, sched, stream, history, cfg)
+            _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg)
     bar.close()
     rate = samples / max(time.perf_counter() - t0, 1e-9)
     skipped = stream.skipped()

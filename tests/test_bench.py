@@ -1,0 +1,180 @@
+"""`genhancer bench`: the analytic FLOP counter, the memory estimate, and the shape of a run.
+
+No timing is asserted (the machine is shared and noisy); speed is what the bench reports.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from genhancer.bench import (
+    ENCODER_SPECS,
+    flow_dit_flops,
+    flow_dit_train_flops,
+    lora_params,
+    memory_estimate,
+    run_bench,
+    text_params,
+    vision_params,
+)
+from genhancer.denoisers.flow_dit import build_flow_dit, count_params
+
+
+def _counted(model, x, t, cond, cond_tokens=None, backward=False) -> int:
+    # The math SDPA backend decomposes attention into bmm's the counter sees; the fused
+    # CPU kernel is not registered with FlopCounterMode.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as fc:
+        out = model(x, t, cond, cond_tokens)
+        if backward:
+            out.float().pow(2).mean().backward()
+    return fc.get_total_flops()
+
+
+@pytest.mark.parametrize("tokens", [16, 256])
+def test_flops_match_flop_counter(tokens):
+    model = build_flow_dit("tiny", 128, 64)
+    b = 2
+    x, t, cond = torch.randn(b, tokens, 128), torch.rand(b), torch.randn(b, 64)
+    counted = _counted(model, x, t, cond)
+    analytic = b * flow_dit_flops(model.params, tokens, 1)
+    assert abs(analytic - counted) / counted < 0.02, (analytic, counted)
+    # forward + backward: the 3x convention overestimates a little (no input gradient of
+    # the first layers), well within 10 %.
+    counted_train = _counted(model, x, t, cond.requires_grad_(), backward=True)
+    assert abs(b * flow_dit_train_flops(model.params, tokens, 1) - counted_train) / counted_train < 0.10
+
+
+def test_flops_count_local_condition_tokens():
+    model = build_flow_dit("tiny", 128, 64)
+    x, t, cond, toks = torch.randn(1, 16, 128), torch.rand(1), torch.randn(1, 64), torch.randn(1, 3, 64)
+    counted = _counted(model, x, t, cond, toks)
+    assert abs(flow_dit_flops(model.params, 16, 4) - counted) / counted < 0.02
+
+
+def test_flops_scale_with_size():
+    from genhancer.denoisers.flow_dit import PRESETS
+
+    p = PRESETS["small"]
+    # Linear layers dominate at 16 tokens: about 2 FLOPs per parameter per token.
+    f16 = flow_dit_flops(p, 16)
+    assert 2 * 16 * 0.5 * count_params("small", p.in_channels, p.cond_dim) < f16
+    # attention grows quadratically: 16x the tokens is more than 16x the FLOPs
+    assert flow_dit_flops(p, 256) > 16 * f16 * 0.9
+
+
+@pytest.mark.parametrize("name", ["ViT-B/16", "ViT-L/14", "SO400M/14"])
+def test_encoder_param_counts_match_transformers(name):
+    import transformers
+
+    s = ENCODER_SPECS[name]
+    size = 224
+    if s.family == "clip":
+        cfg = transformers.CLIPConfig(
+            text_config=dict(hidden_size=s.text_width, intermediate_size=s.text_mlp,
+                             num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
+                             vocab_size=s.vocab, max_position_embeddings=s.context),
+            vision_config=dict(hidden_size=s.width, intermediate_size=s.mlp, num_hidden_layers=s.layers,
+                               num_attention_heads=s.heads, patch_size=s.patch, image_size=size),
+            projection_dim=s.global_dim)
+        cls = transformers.CLIPModel
+    else:
+        cfg = transformers.SiglipConfig(
+            text_config=dict(hidden_size=s.text_width, intermediate_size=s.text_mlp,
+                             num_hidden_layers=s.text_layers, num_attention_heads=s.text_heads,
+                             vocab_size=s.vocab, max_position_embeddings=s.context),
+            vision_config=dict(hidden_size=s.width, intermediate_size=s.mlp, num_hidden_layers=s.layers,
+                               num_attention_heads=s.heads, patch_size=s.patch, image_size=size))
+        cls = transformers.SiglipModel
+    with torch.device("meta"):
+        model = cls(cfg)
+    n_vision = sum(p.numel() for p in model.vision_model.parameters())
+    if s.family == "clip":
+        n_vision += model.visual_projection.weight.numel()
+    n_all = sum(p.numel() for p in model.parameters())
+    assert vision_params(name, size) == n_vision
+    assert vision_params(name, size) + text_params(name) == n_all
+
+
+def test_lora_param_count_matches_peft(tiny_clip_dir):
+    from genhancer.bench import VisionLanguageSpec
+    from genhancer.config import LoraConfig
+    from genhancer.encoders import load_encoder
+    from genhancer.lora import apply_lora
+
+    enc = load_encoder(str(tiny_clip_dir))
+    vc = enc.model.config.vision_config
+    apply_lora(enc.vision_tower, LoraConfig(r=4))
+    n = sum(p.numel() for n_, p in enc.vision_tower.named_parameters() if "lora_" in n_)
+    spec = VisionLanguageSpec("clip", vc.hidden_size, vc.num_hidden_layers, vc.intermediate_size,
+                              vc.num_attention_heads, vc.patch_size, 32, 64, 2, 256, 4, 1000, 77)
+    assert lora_params(spec, 4) == n
+
+
+def test_memory_estimate_terms():
+    est = memory_estimate(vision="ViT-L/14", image_size=224, denoiser="flux-lite", batch=16, dtype="bf16",
+                          grad_ckpt=True, stage=2)
+    n_den = count_params("flux-lite", 64, 3072)
+    assert est["param_counts"]["denoiser"] == n_den
+    assert math.isclose(est["params_gb"]["denoiser"], n_den * 2 / 1e9)
+    assert abs(est["param_counts"]["vision"] - 304e6) < 1e6
+    assert abs(est["param_counts"]["text"] - 123.7e6) < 1e6
+    trainable = est["param_counts"]["trainable"]
+    assert trainable == n_den + est["param_counts"]["projector"] + est["param_counts"]["lora"]
+    assert math.isclose(est["optimizer_gb"], trainable * 8 / 1e9)
+    assert math.isclose(est["master_weights_gb"], trainable * 4 / 1e9)
+    parts = (est["params_total_gb"] + est["master_weights_gb"] + est["gradients_gb"] + est["optimizer_gb"]
+             + est["activations_total_gb"])
+    assert math.isclose(est["total_gb"], parts)
+    # fp32 weights (genhancer's autocast training): 4 bytes each, no master copies
+    fp32 = memory_estimate(dtype="bf16", weights="fp32")
+    assert math.isclose(fp32["params_gb"]["denoiser"], n_den * 4 / 1e9) and fp32["master_weights_gb"] == 0
+    # stage 1: no LoRA, no encoder graph; checkpointing saves activations
+    s1 = memory_estimate(stage=1)
+    assert s1["param_counts"]["lora"] == 0 and s1["activations_gb"]["encoder"] == 0
+    assert memory_estimate(grad_ckpt=False)["activations_total_gb"] > est["activations_total_gb"]
+    frozen = memory_estimate(stage=2, train_denoiser=False)
+    assert frozen["optimizer_gb"] < 0.1 * est["optimizer_gb"]
+
+
+def _positive_numbers(obj, where=""):
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    if isinstance(obj, (int, float)):
+        assert obj > 0 and math.isfinite(obj), f"{where} = {obj}"
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _positive_numbers(v, f"{where}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _positive_numbers(v, f"{where}[{i}]")
+
+
+def test_run_bench_quick(tmp_path, capsys):
+    res = run_bench(tmp_path, quick=True, presets=("tiny",), progress=False, threads=1)
+    for key in ("device", "matmul", "denoiser", "enhancer", "eval", "memory", "compile", "memory_estimate"):
+        assert key in res
+    assert res["matmul"]["fp32"]["flops"] > 0
+    assert {(r["preset"], r["tokens"]) for r in res["denoiser"]} >= {("tiny", 16), ("tiny", 256)}
+    for r in res["denoiser"]:
+        assert r["flops_per_step"] == r["batch"] * flow_dit_train_flops(
+            build_flow_dit(r["preset"], 128, 64, device="meta").params, r["tokens"], 1)
+    for k in ("stage1_uncached_samples_per_s", "stage1_cached_samples_per_s", "stage2_samples_per_s",
+              "cache_speedup"):
+        assert res["enhancer"][k] > 0
+    for k in ("eval_images_per_s", "bare_forward_images_per_s", "ratio"):
+        assert res["eval"][k] > 0
+    assert res["memory"]["peak_rss_mb"] > 0
+    # every number the run measured is positive (overheads may round to 0: they are differences)
+    measured = {k: v for k, v in res.items() if k not in ("memory_estimate", "load_average_start",
+                                                          "load_average_end", "eval")}
+    _positive_numbers(measured)
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["denoiser"] == json.loads(json.dumps(res["denoiser"]))
+    out = capsys.readouterr().out
+    assert "matmul ceiling" in out and "memory estimate" in out
