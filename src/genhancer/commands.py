@@ -243,3 +243,28 @@ def cmd_tokenizer(args) -> int:
 
 
 cmd_tokenizer.configure = _add_tokenizer
+
+
+# ----------------------------------------------------------------------------- pretrain-clip
+
+def _add_pretrain(p):
+    p.add_argument("corpus", help="directory with captions.jsonl ({'image': relpath, 'text': caption} rows)")
+    p.add_argument("--out", required=True, help="directory for the tiny CLIP (save_pretrained layout)")
+    p.add_argument("--steps", type=int, default=None, help="contrastive steps (default: the module's default)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+
+
+@command("pretrain-clip", "pretrain a tiny CLIP contrastively on a captioned corpus (the demo's encoder)")
+def cmd_pretrain(args) -> int:
+    from genhancer.demo.pretrain import DEFAULT_STEPS, pretrain_clip
+
+    m = pretrain_clip(args.corpus, args.out, steps=args.steps or DEFAULT_STEPS, batch_size=args.batch_size,
+                      image_size=args.image_size, seed=args.seed, overwrite=args.overwrite)
+    print(dump({k: v for k, v in m.items() if not isinstance(v, (list, dict))}))
+    return 0
+
+
+cmd_pretrain.configure = _add_pretrain

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genhancer.checkpoint import (atomic_dir, load_checkpoint_config, load_into, load_weights,
-                                  resolve_checkpoint)
+from genhancer.checkpoint import (
+    atomic_dir,
+    load_checkpoint_config,
+    load_into,
+    load_weights,
+    resolve_checkpoint,
+)
 from genhancer.encoders import VisionLanguageEncoder, load_encoder
 from genhancer.errors import CheckpointError, GenHancerError
 from genhancer.lora import apply_lora, merge_lora

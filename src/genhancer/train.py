@@ -23,8 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genhancer.checkpoint import (atomic_dir, list_checkpoints, load_checkpoint_config, load_into, load_weights,
-                                  prune, read_state, resolve_checkpoint)
+from genhancer.checkpoint import (
+    atomic_dir,
+    list_checkpoints,
+    load_checkpoint_config,
+    load_into,
+    load_weights,
+    prune,
+    read_state,
+    resolve_checkpoint,
+)
 from genhancer.config import Config, default_lr
 from genhancer.errors import CheckpointError, GenHancerError
 

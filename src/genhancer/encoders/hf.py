@@ -215,7 +215,6 @@ class VisionLanguageEncoder(nn.Module):
         image = image.convert("RGB")
         if spec.resize_shortest:
             w, h = image.size
-            scale = s / min(w, h)
             nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # as transformers rounds
             image = image.resize((nw, nh), _RESAMPLE.get(spec.resample, Image.BICUBIC))
             left, top = (nw - s) // 2, (nh - s) // 2
