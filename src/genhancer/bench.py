@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from genhancer.denoisers.flow_dit import PRESETS, TIME_EMBED_DIM, FlowDiTParams
+from genhancer.errors import ConfigError
 
 # TAEF2: 32 latent channels x 2x2 patches; the published flux-lite reads 16-ch FLUX VAE latents.
 TAEF2_TOKEN_CHANNELS = 32 * 2 * 2
@@ -139,8 +140,6 @@ def _encoder_spec(vision: str | VisionLanguageSpec) -> VisionLanguageSpec:
     if isinstance(vision, VisionLanguageSpec):
         return vision
     if vision not in ENCODER_SPECS:
-        from genhancer.errors import ConfigError
-
         raise ConfigError(f"vision: unknown encoder '{vision}'; expected one of {', '.join(ENCODER_SPECS)}")
     return ENCODER_SPECS[vision]
 
@@ -236,17 +235,11 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
 
     stage = str(stage)
     if stage not in ("1", "2", "e2e"):
-        from genhancer.errors import ConfigError
-
         raise ConfigError(f"stage: expected 1, 2 or e2e, got {stage!r}")
     for name, v in (("dtype", dtype), ("weights", weights or dtype)):
         if v not in _BYTES:
-            from genhancer.errors import ConfigError
-
             raise ConfigError(f"{name}: expected one of {', '.join(_BYTES)}, got {v!r}")
     if denoiser not in PRESETS:
-        from genhancer.errors import ConfigError
-
         raise ConfigError(f"denoiser: unknown flow_dit preset '{denoiser}'; expected one of {', '.join(PRESETS)}")
     spec = _encoder_spec(vision)
     wb, ab = _BYTES[weights or dtype], _BYTES[dtype]
@@ -344,6 +337,26 @@ def _best_time(fn: Callable[[], Any], device: torch.device, warmup: int, reps: i
     return min(times), statistics.median(times)
 
 
+def _interleaved_times(fns: dict[str, Callable[[], Any]], device: torch.device, warmup: int, reps: int,
+                       min_time: float = 0.0, max_reps: int = 50) -> dict[str, tuple[float, float]]:
+    """Like :func:`_best_time` for several functions whose times are compared: they run in
+    turn, so a change in the machine's load hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    rounds = 0
+    while rounds < reps or (sum(map(sum, times.values())) < min_time and rounds < max_reps):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+        rounds += 1
+    return {k: (min(v), statistics.median(v)) for k, v in times.items()}
+
+
 def _rss_mb() -> float:
     # ru_maxrss is KiB on Linux, bytes on macOS.
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -397,22 +410,14 @@ def _denoiser_in_channels(preset: str) -> int:
     return FLUX_VAE_TOKEN_CHANNELS if preset == "flux-lite" else TAEF2_TOKEN_CHANNELS
 
 
-def bench_denoiser(preset: str, tokens: int, batch: int, device: torch.device,
-                   amp: torch.dtype | None = None, warmup: int = 1, reps: int = 2, min_time: float = 0.0,
-                   compile: bool = False, model: torch.nn.Module | None = None) -> dict[str, Any]:
-    """Forward + backward of one denoiser step on random tokens; FLOPs counted analytically."""
-    from genhancer.denoisers.flow_dit import build_flow_dit
-
-    cin = _denoiser_in_channels(preset)
-    hidden = PRESETS[preset].hidden_size
-    if model is None:
-        model = build_flow_dit(preset, cin, hidden).to(device)
+def _denoiser_step(model: torch.nn.Module, tokens: int, batch: int, device: torch.device,
+                   amp: torch.dtype | None, compile: bool = False) -> Callable[[], None]:
+    """One forward + backward of ``model`` on fixed random tokens (gradients dropped)."""
     model.train()
-    params = model.params
-    side = math.isqrt(tokens)
+    cin, hidden = model.params.in_channels, model.params.cond_dim
     g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(batch, side * side, cin, generator=g).to(device)
-    target = torch.randn(batch, side * side, cin, generator=g).to(device)
+    x = torch.randn(batch, tokens, cin, generator=g).to(device)
+    target = torch.randn(batch, tokens, cin, generator=g).to(device)
     t = torch.rand(batch, generator=g).to(device)
     cond = torch.randn(batch, hidden, generator=g).to(device)
     run = torch.compile(model) if compile else model
@@ -426,12 +431,45 @@ def bench_denoiser(preset: str, tokens: int, batch: int, device: torch.device,
         for p in weights:
             p.grad = None
 
-    best, median = _best_time(step, device, warmup, reps, min_time)
-    flops = batch * flow_dit_train_flops(params, side * side, 1)
-    return {"preset": preset, "tokens": side * side, "batch": batch, "params": sum(p.numel() for p in weights),
+    return step
+
+
+def bench_denoiser(preset: str, tokens: int, batch: int, device: torch.device,
+                   amp: torch.dtype | None = None, warmup: int = 1, reps: int = 2,
+                   min_time: float = 0.0) -> dict[str, Any]:
+    """Forward + backward of one denoiser step on random tokens; FLOPs counted analytically."""
+    from genhancer.denoisers.flow_dit import build_flow_dit
+
+    side = math.isqrt(tokens)
+    tokens = side * side
+    model = build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size).to(device)
+    best, median = _best_time(_denoiser_step(model, tokens, batch, device, amp), device, warmup, reps, min_time)
+    flops = batch * flow_dit_train_flops(model.params, tokens, 1)
+    return {"preset": preset, "tokens": tokens, "batch": batch, "params": sum(p.numel() for p in model.parameters()),
             "dtype": str(amp).removeprefix("torch.") if amp else "float32", "flops_per_step": flops,
             "step_s": best, "step_s_median": median, "flops_per_s": flops / best,
-            "samples_per_s": batch / best, "compiled": compile}
+            "samples_per_s": batch / best}
+
+
+def bench_compile(preset: str, tokens: int, batch: int, device: torch.device, amp: torch.dtype | None = None,
+                  warmup: int = 1, reps: int = 2, min_time: float = 0.0) -> dict[str, Any]:
+    """Eager vs ``torch.compile`` of the same denoiser step, timed in turn."""
+    from genhancer.denoisers.flow_dit import build_flow_dit
+
+    model = build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size).to(device)
+    eager = _denoiser_step(model, tokens, batch, device, amp)
+    compiled = _denoiser_step(model, tokens, batch, device, amp, compile=True)
+    try:
+        t0 = time.perf_counter()
+        compiled()  # compiles forward and backward graphs
+        _sync(device)
+        compile_s = time.perf_counter() - t0
+        t = _interleaved_times({"eager": eager, "compiled": compiled}, device, warmup, reps, min_time)
+    finally:
+        torch._dynamo.reset()
+    return {"preset": preset, "tokens": tokens, "batch": batch, "eager_step_s": t["eager"][0],
+            "compiled_step_s": t["compiled"][0], "speedup": t["eager"][0] / t["compiled"][0],
+            "compile_s": compile_s}
 
 
 def _enhancer_config(clip_dir: Path):
@@ -447,19 +485,22 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
     from genhancer.enhancer import Enhancer
 
     cfg = _enhancer_config(clip_dir)
-    enhancer = Enhancer(cfg).to(device)
-    enhancer.train()
+    # Two enhancers, so stage 1 runs on an encoder without LoRA wrappers while the
+    # stage-2 one has them; all three steps are then timed in turn.
+    stage1 = Enhancer(cfg).to(device).train()
+    stage2 = Enhancer(cfg).to(device).train()
+    stage1.set_stage("1")
+    stage2.set_stage("2")
     g = torch.Generator(device="cpu").manual_seed(0)
-    s_enc, s_gen = enhancer.encoder.spec.size, enhancer.gen_size
+    s_enc, s_gen = stage1.encoder.spec.size, stage1.gen_size
     raw = {"pixel_values": torch.randn(batch, 3, s_enc, s_enc, generator=g).to(device),
            "gen_pixels": (torch.rand(batch, 3, s_gen, s_gen, generator=g) * 2 - 1).to(device)}
     with torch.no_grad():
-        latents = enhancer.target(raw["gen_pixels"])
-    cached = {"global_token": torch.randn(batch, enhancer.encoder.global_dim, generator=g).to(device),
+        latents = stage1.target(raw["gen_pixels"])
+    cached = {"global_token": torch.randn(batch, stage1.encoder.global_dim, generator=g).to(device),
               "latents": torch.randn(latents.shape, generator=g).to(device)}
 
-    def timed(stage: str, data: dict) -> tuple[float, float, int]:
-        enhancer.set_stage(stage)
+    def make_step(enhancer, data: dict):
         params = [p for p in enhancer.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-5, betas=tuple(cfg.train.betas), eps=cfg.train.eps,
                                 weight_decay=cfg.train.weight_decay)
@@ -473,18 +514,20 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        best, median = _best_time(step, device, warmup, reps, min_time)
-        return best, median, sum(p.numel() for p in params)
+        return step, sum(p.numel() for p in params)
 
-    s1_raw, s1_raw_med, n1 = timed("1", raw)
-    s1_cache, s1_cache_med, _ = timed("1", cached)
-    s2, s2_med, n2 = timed("2", raw)
+    (s1_raw, n1), (s1_cache, _), (s2, n2) = (make_step(stage1, raw), make_step(stage1, cached),
+                                             make_step(stage2, raw))
+    t = _interleaved_times({"stage1_uncached": s1_raw, "stage1_cached": s1_cache, "stage2": s2}, device,
+                           warmup, reps, min_time)
+    best = {k: v[0] for k, v in t.items()}
     return {"batch": batch, "denoiser": cfg.denoiser.preset, "encoder_image_size": s_enc,
             "latent_shape": list(latents.shape[1:]), "trainable_stage1": n1, "trainable_stage2": n2,
-            "stage1_uncached_samples_per_s": batch / s1_raw, "stage1_cached_samples_per_s": batch / s1_cache,
-            "cache_speedup": s1_raw / s1_cache, "stage2_samples_per_s": batch / s2,
-            "step_s": {"stage1_uncached": s1_raw, "stage1_cached": s1_cache, "stage2": s2},
-            "step_s_median": {"stage1_uncached": s1_raw_med, "stage1_cached": s1_cache_med, "stage2": s2_med}}
+            "stage1_uncached_samples_per_s": batch / best["stage1_uncached"],
+            "stage1_cached_samples_per_s": batch / best["stage1_cached"],
+            "cache_speedup": best["stage1_uncached"] / best["stage1_cached"],
+            "stage2_samples_per_s": batch / best["stage2"],
+            "step_s": best, "step_s_median": {k: v[1] for k, v in t.items()}}
 
 
 def _write_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> list[Path]:
@@ -525,8 +568,8 @@ def bench_eval(clip_dir: Path, device: torch.device, work: Path, n_images: int, 
         for chunk in pixels.split(batch_size):
             encoder.encode_image(chunk)
 
-    t_full, _ = _best_time(full, dev, warmup, reps, min_time)
-    t_bare, _ = _best_time(bare, dev, warmup, reps, min_time)
+    t = _interleaved_times({"full": full, "bare": bare}, dev, warmup, reps, min_time)
+    t_full, t_bare = t["full"][0], t["bare"][0]
     overhead = max(t_full - t_bare, 0.0) / n_images
     out = {"images": n_images, "image_size_on_disk": 256, "encoder_image_size": encoder.spec.size,
            "batch_size": batch_size, "eval_images_per_s": n_images / t_full,
@@ -670,7 +713,6 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
     from tqdm.auto import tqdm
 
     from genhancer.encoders.tiny import build_tiny_clip
-    from genhancer.errors import ConfigError
 
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -765,22 +807,10 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         preset = next((p for p in reversed(presets) if p != "flux-lite"), presets[-1])
         tokens = TOKEN_COUNTS[-1]
         batch = max(1, token_budget // tokens)
-        from genhancer.denoisers.flow_dit import build_flow_dit
-
-        model = build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size).to(device)
         try:
-            eager = bench_denoiser(preset, tokens, batch, device, amp, model=model, **reps)
-            t0 = time.perf_counter()
-            bench_denoiser(preset, tokens, batch, device, amp, model=model, compile=True, warmup=0, reps=1)
-            compile_s = time.perf_counter() - t0
-            comp = bench_denoiser(preset, tokens, batch, device, amp, model=model, compile=True, **reps)
-            res["compile"].update(preset=preset, tokens=tokens, batch=batch, eager_step_s=eager["step_s"],
-                                  compiled_step_s=comp["step_s"], speedup=eager["step_s"] / comp["step_s"],
-                                  compile_s=compile_s)
+            res["compile"].update(bench_compile(preset, tokens, batch, device, amp, **reps))
         except Exception as e:  # inductor needs a C++ toolchain; report, don't fail the run
             res["compile"]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        finally:
-            torch._dynamo.reset()
         bar.update()
         done("compile")
     bar.close()
