@@ -178,3 +178,15 @@ def test_run_bench_quick(tmp_path, capsys):
     assert on_disk["denoiser"] == json.loads(json.dumps(res["denoiser"]))
     out = capsys.readouterr().out
     assert "matmul ceiling" in out and "memory estimate" in out
+
+
+def test_bad_inputs_are_config_errors(tmp_path):
+    from genhancer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="preset 'nope'"):
+        run_bench(tmp_path, quick=True, presets=("nope",), progress=False)
+    with pytest.raises(ConfigError, match="ViT-Q"):
+        memory_estimate(vision="ViT-Q")
+    with pytest.raises(ConfigError, match="stage"):
+        memory_estimate(stage=3)
+    assert torch.get_num_threads() >= 1

@@ -453,7 +453,11 @@ def bench_denoiser(preset: str, tokens: int, batch: int, device: torch.device,
 
 def bench_compile(preset: str, tokens: int, batch: int, device: torch.device, amp: torch.dtype | None = None,
                   warmup: int = 1, reps: int = 2, min_time: float = 0.0) -> dict[str, Any]:
-    """Eager vs ``torch.compile`` of the same denoiser step, timed in turn."""
+    """Eager vs ``torch.compile`` of the same denoiser step, timed in turn.
+
+    ``compile_s`` is the first compiled call; inductor's on-disk cache makes it seconds
+    instead of a minute when the same graphs were compiled before.
+    """
     from genhancer.denoisers.flow_dit import build_flow_dit
 
     model = build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size).to(device)

@@ -268,3 +268,24 @@ def cmd_pretrain(args) -> int:
 
 
 cmd_pretrain.configure = _add_pretrain
+
+
+# ----------------------------------------------------------------------------- bench
+
+def _add_bench(p):
+    p.add_argument("--out", default="runs/bench", help="directory for bench.json (default runs/bench)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes")
+    p.add_argument("--presets", nargs="+", default=["tiny", "small"], help="flow_dit presets to time")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of the denoiser")
+
+
+@command("bench", "speed and memory on this machine: matmul ceiling, denoiser FLOP/s, cache, eval, memory")
+def cmd_bench(args) -> int:
+    from genhancer.bench import run_bench
+
+    run_bench(args.out, quick=args.quick, presets=tuple(args.presets), compile=args.compile)
+    print(f"wrote {args.out}/bench.json")
+    return 0
+
+
+cmd_bench.configure = _add_bench
