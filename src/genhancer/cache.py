@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from genhancer.checkpoint import atomic_dir, load_into, load_weights
+from genhancer.checkpoint import atomic_dir, load_into, load_weights, save_space_state
 from genhancer.config import Config
 from genhancer.errors import DataError
 
@@ -80,9 +80,7 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
         bar.close()
         if total == 0:
             raise DataError(f"data.path: '{cfg.data.path}' gave no images to cache")
-        save_file({k: v.contiguous().cpu() for k, v in enhancer.space.state_dict().items()
-                   if not k.startswith(("encoder.", "decoder.", "vae.", "model."))} or {"_": torch.zeros(1)},
-                  str(tmp / "space.safetensors"))
+        save_space_state(enhancer.space, tmp / "space.safetensors")
         meta = {"encoder": cfg.encoder.name_or_path, "global_dim": enhancer.encoder.global_dim,
                 "tokenizer": cfg.tokenizer.kind, "gen_size": enhancer.gen_size, "kind": key,
                 "latent_shape": list(buf_shape(tmp, key)), "rows": total, "shards": shard,

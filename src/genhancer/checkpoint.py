@@ -110,6 +110,17 @@ def load_weights(ckpt: Path, name: str = "model.safetensors") -> dict:
         raise CheckpointError(f"'{f}' is not a readable safetensors file: {str(e).splitlines()[0]}") from None
 
 
+def save_space_state(space, path: Path) -> None:
+    """The latent space's own buffers (e.g. standardisation stats), not its frozen network weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous().cpu() for k, v in space.state_dict().items()
+             if not k.startswith(("encoder.", "decoder.", "vae.", "model."))}
+    # safetensors cannot write an empty file; readers load this with strict_keys=False.
+    save_file(state or {"_": torch.zeros(1)}, str(path))
+
+
 def load_into(module, weights: dict, what: str, strict_keys: bool = True) -> None:
     """Load ``weights`` (a subset of module's state) and fail with one line if they don't fit."""
     own = module.state_dict()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -85,7 +84,3 @@ def sample_grid(checkpoint, items, out, seeds=3, steps=None, max_images=8) -> Pa
     originals, recons = reconstruct_images(enhancer, images, seeds, steps)
     return save_grid(originals, recons, out)
 
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean(((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2) ** 2).item()
-    return float(10 * np.log10(1.0 / max(mse, 1e-12)))

@@ -32,6 +32,7 @@ from genhancer.checkpoint import (
     prune,
     read_state,
     resolve_checkpoint,
+    save_space_state,
 )
 from genhancer.config import Config, default_lr
 from genhancer.errors import CheckpointError, GenHancerError
@@ -189,9 +190,7 @@ def _save_checkpoint(run_dir: Path, step: int, enhancer, opt, sched, stream: Bat
     def write(d: Path) -> None:
         save_file({k: v.contiguous().cpu() for k, v in enhancer.trainable_state_dict().items()},
                   str(d / "model.safetensors"))
-        save_file({k: v.contiguous().cpu() for k, v in enhancer.space.state_dict().items()
-                   if not k.startswith(("encoder.", "decoder.", "vae.", "model."))} or {"_": torch.zeros(1)},
-                  str(d / "space.safetensors"))
+        save_space_state(enhancer.space, d / "space.safetensors")
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, d / "optimizer.pt")
         torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
                     "torch": torch.get_rng_state()}, d / "rng.pt")

@@ -19,7 +19,6 @@ Contract:
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,8 +238,3 @@ class VisionLanguageEncoder(nn.Module):
 def load_encoder(name_or_path: str, image_size: int | None = None) -> VisionLanguageEncoder:
     return VisionLanguageEncoder.from_pretrained(name_or_path, image_size=image_size)
 
-
-def describe(path: str) -> dict:
-    """Cheap facts about a saved encoder (for `genhancer info`)."""
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    return {"model_type": cfg.get("model_type"), "architectures": cfg.get("architectures")}
