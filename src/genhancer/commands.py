@@ -6,6 +6,7 @@ import argparse
 import json
 
 from genhancer.cli import command
+from genhancer.errors import ConfigError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -178,17 +179,47 @@ def _add_demo(p):
 
 @command("demo", "the embedded default: synthetic data, tiny CLIP, stage 1 + 2, before/after report")
 def cmd_demo(args) -> int:
-    from genhancer.demo.run import DemoSettings, run_demo
+    from genhancer.demo.run import QUICK_DEMO, DemoSettings, run_demo
 
-    s = DemoSettings()
-    if args.quick:
-        s = DemoSettings(corpus_images=1500, probe_images=300, coarse_per_class=8, pretrain_steps=60,
-                         stage1_steps=40, stage2_steps=20, denoiser="tiny")
-    run_demo(args.out, s, fresh=args.fresh)
+    run_demo(args.out, QUICK_DEMO if args.quick else DemoSettings(), fresh=args.fresh)
     return 0
 
 
 cmd_demo.configure = _add_demo
+
+
+def _add_ablate(p):
+    from genhancer.ablate import VARIANT_NAMES, AblateSettings
+
+    d = AblateSettings()
+    p.add_argument("--demo-dir", default="runs/demo",
+                   help="shared inputs (data, tiny CLIP, cache); built there when missing (default runs/demo)")
+    p.add_argument("--out", default="runs/ablate", help="output directory (default runs/ablate)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANT_NAMES), metavar="NAME",
+                   help=f"rows to run (default all): {', '.join(VARIANT_NAMES)}")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), help="training seeds (default 0 1 2)")
+    p.add_argument("--stage1-steps", type=int, default=d.stage1_steps)
+    p.add_argument("--stage2-steps", type=int, default=d.stage2_steps)
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes (the quick demo's inputs, a few steps): checks the plumbing, not the method")
+
+
+@command("ablate", "the paper's comparisons on the embedded testbed, mean +- std over seeds")
+def cmd_ablate(args) -> int:
+    from genhancer.ablate import AblateSettings, run_ablate
+    from genhancer.demo.run import QUICK_DEMO, DemoSettings
+
+    if min(args.stage1_steps, args.stage2_steps) < 1:
+        raise ConfigError("--stage1-steps and --stage2-steps must be >= 1")
+    demo = QUICK_DEMO if args.quick else DemoSettings()
+    s1, s2 = (10, 5) if args.quick else (args.stage1_steps, args.stage2_steps)
+    run_ablate(args.demo_dir, args.out, AblateSettings(demo=demo, stage1_steps=s1, stage2_steps=s2,
+                                                        seeds=tuple(args.seeds), variants=tuple(args.variants),
+                                                        vq_steps=50 if args.quick else AblateSettings.vq_steps))
+    return 0
+
+
+cmd_ablate.configure = _add_ablate
 
 
 # ----------------------------------------------------------------------------- tokenizer

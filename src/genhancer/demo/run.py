@@ -13,6 +13,7 @@ import html
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,21 +37,43 @@ class DemoSettings:
     seed: int = 0
 
 
-def demo_config(out: Path, s: DemoSettings, stage: str, extra: list[str] = ()) -> Config:
-    """The demo's train config for one stage; also what `genhancer ablate` varies."""
-    clip = out / "clip"
+# `genhancer demo --quick`: about 2 minutes; checks the setup, says nothing about the method.
+QUICK_DEMO = DemoSettings(corpus_images=1500, probe_images=300, coarse_per_class=8, pretrain_steps=60,
+                          stage1_steps=40, stage2_steps=20, denoiser="tiny")
+
+
+def demo_config(out: Path, s: DemoSettings, stage: str, extra: Sequence[str] = (), run_dir: Path | None = None,
+                cached: bool = True) -> Config:
+    """The demo's train config for one stage (``"1"``, ``"2"`` or ``"e2e"``).
+
+    ``out`` holds the shared inputs (data, pretrained CLIP, stage-1 cache); the run itself is
+    written under ``run_dir`` (default ``out``): ``stage1/`` and ``stage2/`` (an e2e run also
+    writes ``stage2/``, so that the enhanced encoder is always exported from there).
+    ``cached=False`` makes stage 1 read images (needed for local tokens and the discrete
+    space, which the TAEF2 cache does not serve). ``extra`` overrides come last: this is
+    what ``genhancer ablate`` varies.
+    """
+    run_dir = Path(run_dir or out)
+    clip, corpus = out / "clip", out / "data" / "corpus" / "captions.jsonl"
     common = [f"encoder.name_or_path={clip}", "tokenizer.kind=taef2", f"denoiser.preset={s.denoiser}",
               f"data.batch_size={s.batch_size}", f"train.seed={s.seed}", "train.log_every=10",
               "projector.hidden_dim=256"]
+    images = ["data.kind=jsonl", f"data.path={corpus}"]
     if stage == "1":
-        over = common + ["data.kind=cache", f"data.path={out / 'cache'}", "train.stage=1",
-                         f"train.steps={s.stage1_steps}", f"train.checkpoint_every={s.stage1_steps}",
-                         f"train.output_dir={out / 'stage1'}"]
+        data = ["data.kind=cache", f"data.path={out / 'cache'}"] if cached else images
+        over = common + data + ["train.stage=1", f"train.steps={s.stage1_steps}",
+                                f"train.checkpoint_every={s.stage1_steps}", f"train.output_dir={run_dir / 'stage1'}"]
+    elif stage == "2":
+        over = common + images + ["train.stage=2", f"train.steps={s.stage2_steps}", f"train.lr={s.stage2_lr}",
+                                  f"train.checkpoint_every={s.stage2_steps}", f"train.init_from={run_dir / 'stage1'}",
+                                  f"train.output_dir={run_dir / 'stage2'}"]
+    elif stage == "e2e":
+        # Same total number of updates as the two stages together; one learning rate.
+        steps = s.stage1_steps + s.stage2_steps
+        over = common + images + ["train.stage=e2e", f"train.steps={steps}", f"train.lr={s.stage2_lr}",
+                                  f"train.checkpoint_every={steps}", f"train.output_dir={run_dir / 'stage2'}"]
     else:
-        over = common + ["data.kind=jsonl", f"data.path={out / 'data' / 'corpus' / 'captions.jsonl'}",
-                         "train.stage=2", f"train.steps={s.stage2_steps}", f"train.lr={s.stage2_lr}",
-                         f"train.checkpoint_every={s.stage2_steps}", f"train.init_from={out / 'stage1'}",
-                         f"train.output_dir={out / 'stage2'}"]
+        raise ValueError(f"stage must be '1', '2' or 'e2e', got {stage!r}")
     return load_config("tiny", over + list(extra))
 
 
@@ -66,18 +89,11 @@ def _step(name: str, done: Path, fn, log: dict) -> None:
     print(f"[demo] {name}: {log[name]['seconds']} s", flush=True)
 
 
-def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False) -> dict:
+def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
+    """Data, pretrained tiny CLIP and stage-1 cache under ``out`` (each reused when present)."""
     from genhancer.demo import world
 
-    s = settings or DemoSettings()
-    out = Path(out)
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
-    timing: dict = {}
-    t_start = time.perf_counter()
-
     _step("generate data", data / "coarse", lambda: (
         world.write_corpus(data / "corpus", s.corpus_images, seed=s.seed, size=s.image_size),
         world.write_mmvp_benchmark(data / "mmvp", seed=s.seed + 1000, size=s.image_size),
@@ -100,6 +116,18 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
         build_cache(cfg, out / "cache")
 
     _step("cache stage-1 inputs", out / "cache", cache, timing)
+
+
+def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False) -> dict:
+    s = settings or DemoSettings()
+    out = Path(out)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    timing: dict = {}
+    t_start = time.perf_counter()
+    prepare_inputs(out, s, timing)
 
     from genhancer.train import train
 

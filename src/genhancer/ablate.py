@@ -1,0 +1,241 @@
+"""``genhancer ablate``: the paper's comparisons on the embedded testbed, over seeds.
+
+Every variant is the demo's two-stage recipe with one thing changed (the overrides below),
+trained from the same pretrained tiny CLIP on the same corpus, then judged like the demo:
+
+* ``mmvp``   — MMVP-VLM average (%) on the held-out pair benchmark (135 pairs);
+* ``probe``  — mean linear-probe accuracy (%) of the 9 fine attributes on the global token
+  (1,200 held-out images; finer-grained than pair scores, so the most sensitive number);
+* ``zeroshot`` — top-1 zero-shot accuracy (%) on the coarse-class folder (must not drop).
+
+Shared inputs (data, pretrained CLIP, stage-1 cache, VQ tokenizer) live in the demo
+directory and are built there when missing. Each (variant, seed) run writes
+``<out>/<variant>/seed<k>/metrics.json`` and is skipped on a re-run when that file exists,
+so an interrupted ablation resumes where it stopped. The summary (``ablate.md``,
+``ablate.json``, ``ablate.png``) reports mean ± sample std over seeds and the delta of each
+mean to the untrained baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from genhancer.demo.run import DemoSettings, demo_config, prepare_inputs
+from genhancer.errors import ConfigError
+
+METRICS = ("mmvp", "probe", "zeroshot")
+METRIC_LABELS = {"mmvp": "MMVP-format avg", "probe": "fine-attribute probe", "zeroshot": "zero-shot top-1"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation: the default recipe plus ``overrides``."""
+
+    name: str
+    question: str                       # which of the paper's comparisons this row answers
+    overrides: tuple[str, ...] = ()
+    e2e: bool = False                   # one joint run instead of stage 1 -> stage 2
+    cached: bool = True                 # stage 1 may read the TAEF2 cache
+    discrete: bool = False              # needs the VQ tokenizer
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("default", "reference: global token, two-stage, logit-normal, small MM-DiT"),
+    Variant("local-10", "condition: +10% local patch tokens", ("cond.local_token_fraction=0.1",), cached=False),
+    Variant("local-50", "condition: +50% local patch tokens", ("cond.local_token_fraction=0.5",), cached=False),
+    Variant("end-to-end", "training: one joint stage instead of two", e2e=True),
+    Variant("uniform-t", "timesteps: uniform instead of logit-normal", ("objective.timestep_sampler=uniform",)),
+    Variant("denoiser-tiny", "capacity: tiny MM-DiT (0.27 M)", ("denoiser.preset=tiny",)),
+    Variant("denoiser-base", "capacity: base MM-DiT (146 M)", ("denoiser.preset=base",)),
+    Variant("discrete", "denoiser kind: Perceiver on masked VQ codes",
+            ("tokenizer.kind=vq", "denoiser.kind=perceiver", "denoiser.preset=small",
+             "objective.kind=masked_tokens"), cached=False, discrete=True),
+)
+VARIANT_NAMES = tuple(v.name for v in VARIANTS)
+
+
+@dataclass
+class AblateSettings:
+    """Per-run sizes: shorter than the demo so that 8 variants x 3 seeds fit in about an hour."""
+
+    demo: DemoSettings = field(default_factory=DemoSettings)
+    stage1_steps: int = 200
+    stage2_steps: int = 100
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: tuple[str, ...] = VARIANT_NAMES
+    vq_steps: int = 800
+
+
+def select_variants(names: Sequence[str]) -> list[Variant]:
+    by_name = {v.name: v for v in VARIANTS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"ablate: unknown variant(s) {', '.join(unknown)}; expected some of: "
+                          f"{', '.join(VARIANT_NAMES)}")
+    return [by_name[n] for n in names]
+
+
+def _evaluate(encoder, demo_dir: Path) -> dict:
+    from genhancer.eval.mmvp import run_mmvp
+    from genhancer.eval.probe import run_probe
+    from genhancer.eval.zeroshot import run_zeroshot
+
+    data = demo_dir / "data"
+    return {"mmvp": run_mmvp(encoder, data / "mmvp")["average_score"],
+            "probe": run_probe(encoder, data / "probe" / "labels.jsonl")["mean"],
+            "zeroshot": run_zeroshot(encoder, data / "coarse")["top1"]}
+
+
+def _ensure_vq(demo_dir: Path, s: AblateSettings) -> Path:
+    """The discrete variant's VQ tokenizer, trained once on the corpus and shared by all seeds."""
+    from genhancer.commands import load_image_tensor
+    from genhancer.tokenizers.vq import train_vq_tokenizer
+
+    vq = demo_dir / "vq"
+    if not (vq / "metrics.json").is_file():
+        print(f"[ablate] training the VQ tokenizer ({s.vq_steps} steps) -> {vq}", flush=True)
+        images, _ = load_image_tensor("jsonl", str(demo_dir / "data" / "corpus" / "captions.jsonl"),
+                                      s.demo.image_size, 4096)
+        train_vq_tokenizer(images, vq, steps=s.vq_steps, batch_size=32, seed=s.demo.seed)
+    return vq
+
+
+def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings) -> dict:
+    """Train and evaluate one (variant, seed); returns (and writes) its metrics."""
+    import shutil
+
+    from genhancer.export import load_enhanced_encoder
+    from genhancer.train import train
+
+    run_dir = out / v.name / f"seed{seed}"
+    done = run_dir / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if run_dir.exists():  # an interrupted run: start it over rather than mix two half-runs
+        shutil.rmtree(run_dir)
+    ds = replace(s.demo, seed=seed, stage1_steps=s.stage1_steps, stage2_steps=s.stage2_steps)
+    extra = list(v.overrides)
+    if v.discrete:
+        extra.append(f"tokenizer.name_or_path={_ensure_vq(demo_dir, s)}")
+    t0 = time.perf_counter()
+    if v.e2e:
+        train(demo_config(demo_dir, ds, "e2e", extra, run_dir=run_dir))
+    else:
+        train(demo_config(demo_dir, ds, "1", extra, run_dir=run_dir, cached=v.cached))
+        train(demo_config(demo_dir, ds, "2", extra, run_dir=run_dir))
+    seconds = time.perf_counter() - t0
+    metrics = {"variant": v.name, "seed": seed, **_evaluate(load_enhanced_encoder(run_dir / "stage2"), demo_dir),
+               "train_seconds": round(seconds, 1)}
+    # Keep the metrics and logs, drop the weights: 24 runs of checkpoints add up.
+    for ckpts in run_dir.glob("stage*/checkpoints"):
+        shutil.rmtree(ckpts)
+    done.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def baseline(demo_dir: Path, out: Path) -> dict:
+    """The pretrained tiny CLIP before any enhancement (deterministic: one run)."""
+    from genhancer.encoders import load_encoder
+
+    path = out / "baseline" / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = {"variant": "baseline", "seed": None, **_evaluate(load_encoder(str(demo_dir / "clip")).eval(), demo_dir)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(base: dict, runs: list[dict], variants: Sequence[Variant]) -> list[dict]:
+    """One row per variant: mean, std and n over seeds, and the mean's delta to the baseline."""
+    rows = [{"variant": "baseline", "question": "pretrained tiny CLIP, no enhancement", "n": 1,
+             **{m: base[m] for m in METRICS}, **{f"{m}_std": 0.0 for m in METRICS},
+             **{f"{m}_delta": 0.0 for m in METRICS}}]
+    for v in variants:
+        mine = [r for r in runs if r["variant"] == v.name]
+        if not mine:
+            continue
+        row = {"variant": v.name, "question": v.question, "n": len(mine)}
+        for m in METRICS:
+            mean, std = _mean_std([r[m] for r in mine])
+            row.update({m: mean, f"{m}_std": std, f"{m}_delta": mean - base[m]})
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list[dict], s: AblateSettings) -> str:
+    head = "| variant | what changes | seeds | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(METRICS))]
+    for r in rows:
+        cells = []
+        for m in METRICS:
+            if r["variant"] == "baseline":
+                cells.append(f"{r[m]:.1f}")
+            else:
+                cells.append(f"{r[m]:.1f} ± {r[m + '_std']:.1f} ({r[m + '_delta']:+.1f})")
+        lines.append(f"| {r['variant']} | {r['question']} | {r['n']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"mean ± std over seeds (delta of the mean to the baseline); stage 1 {s.stage1_steps} steps, "
+                 f"stage 2 {s.stage2_steps} steps (e2e: {s.stage1_steps + s.stage2_steps}), batch "
+                 f"{s.demo.batch_size}, {s.demo.image_size} px.")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """One panel per metric: bars = mean, whiskers = std, dashed line = baseline."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2 * len(METRICS), 4.0), dpi=110)
+    FigureCanvasAgg(fig)
+    variants = [r for r in rows if r["variant"] != "baseline"]
+    base = rows[0]
+    for k, m in enumerate(METRICS):
+        ax = fig.add_subplot(1, len(METRICS), k + 1)
+        xs = range(len(variants))
+        ax.bar(xs, [r[m] for r in variants], yerr=[r[m + "_std"] for r in variants], capsize=3,
+               color=["#2b6cb0" if r[m] >= base[m] else "#dd6b20" for r in variants])
+        ax.axhline(base[m], color="#4a5568", linestyle="--", linewidth=1, label=f"baseline {base[m]:.1f}")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([r["variant"] for r in variants], rotation=45, ha="right", fontsize=7)
+        ax.set_title(METRIC_LABELS[m], fontsize=9)
+        ax.set_ylabel("%")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablate",
+               settings: AblateSettings | None = None) -> dict:
+    from tqdm.auto import tqdm
+
+    s = settings or AblateSettings()
+    demo_dir, out = Path(demo_dir), Path(out)
+    variants = select_variants(s.variants)
+    if not s.seeds:
+        raise ConfigError("ablate: give at least one seed")
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_inputs(demo_dir, s.demo, {})
+    base = baseline(demo_dir, out)
+    jobs = [(v, seed) for v in variants for seed in s.seeds]
+    runs = []
+    for v, seed in tqdm(jobs, desc="ablate", unit="run"):
+        print(f"[ablate] {v.name} seed {seed}", flush=True)
+        runs.append(run_one(demo_dir, out, v, seed, s))
+    rows = summarize(base, runs, variants)
+    md = format_markdown(rows, s)
+    (out / "ablate.md").write_text(md + "\n")
+    (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2))
+    plot(rows, out / "ablate.png")
+    print(md)
+    return {"rows": rows, "runs": runs, "table": md}
