@@ -7,8 +7,15 @@ import math
 
 import pytest
 
-from genhancer.ablate import (METRICS, VARIANT_NAMES, AblateSettings, format_markdown, run_ablate, select_variants,
-                              summarize)
+from genhancer.ablate import (
+    METRICS,
+    VARIANT_NAMES,
+    AblateSettings,
+    format_markdown,
+    run_ablate,
+    select_variants,
+    summarize,
+)
 from genhancer.cli import main
 from genhancer.demo.run import DemoSettings, demo_config
 from genhancer.errors import ConfigError

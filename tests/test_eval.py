@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -56,8 +57,12 @@ class FakeEncoder(nn.Module):
         self.text_batches: list[int] = []
         self.source = "fake"
 
-    def preprocess(self, images):
-        return torch.tensor([self.image_fn(im) for im in images], dtype=torch.float32)
+    # encode_images reads with resize_crop (in reader threads) and normalises the batch.
+    def resize_crop(self, im):
+        return np.asarray(self.image_fn(im), dtype=np.float32)
+
+    def normalize(self, batch):
+        return batch.float()
 
     def encode_image(self, pixels):
         self.image_batches.append(len(pixels))

@@ -27,6 +27,12 @@ def test_encoder_contract(request, fixture, family, tlen):
     # Our preprocessing must equal the checkpoint's own image processor.
     ref = enc.image_processor(images=_images(), return_tensors="pt")["pixel_values"]
     assert torch.allclose(px, ref, atol=1e-5)
+    # Fast paths (image already SxS, a grey or RGBA image) must agree with the processor too.
+    side = enc.spec.size
+    odd = [_images(1, side)[0].crop((0, 0, side, side)), _images(1)[0].convert("L"), _images(1)[0].convert("RGBA")]
+    ref_odd = enc.image_processor(images=[im.convert("RGB") for im in odd], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(enc.preprocess(odd), ref_odd, atol=1e-5)
+    assert torch.allclose(enc.preprocess_one(odd[1]), ref_odd[1], atol=1e-5)
     g, patches = enc.encode_image(px)
     assert g.shape == (3, enc.global_dim) and patches.shape == (3, enc.num_patches, enc.patch_dim)
     ref_global = enc.model.get_image_features(pixel_values=px)

@@ -208,25 +208,39 @@ class VisionLanguageEncoder(nn.Module):
         keys = ("input_ids", "attention_mask") if self.family == "clip" else ("input_ids",)
         return {k: toks[k].to(device) for k in keys if k in toks}
 
-    def preprocess_one(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> [3,S,S] normalised, following the checkpoint's processor settings."""
+    def resize_crop(self, image: Image.Image) -> np.ndarray:
+        """One PIL image -> uint8 [S,S,3] RGB, resized / cropped as the checkpoint's processor does."""
         s, spec = self.spec.size, self.spec
-        image = image.convert("RGB")
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image.size == (s, s):
+            return np.asarray(image)  # both branches below leave an SxS image untouched
+        resample = _RESAMPLE.get(spec.resample, Image.BICUBIC)
         if spec.resize_shortest:
             w, h = image.size
             nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # as transformers rounds
-            image = image.resize((nw, nh), _RESAMPLE.get(spec.resample, Image.BICUBIC))
+            if (nw, nh) != (w, h):
+                image = image.resize((nw, nh), resample)
             left, top = (nw - s) // 2, (nh - s) // 2
             image = image.crop((left, top, left + s, top + s))
         else:
-            image = image.resize((s, s), _RESAMPLE.get(spec.resample, Image.BICUBIC))
-        arr = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mean = torch.tensor(spec.mean).view(3, 1, 1)
-        std = torch.tensor(spec.std).view(3, 1, 1)
-        return (arr - mean) / std
+            image = image.resize((s, s), resample)
+        return np.asarray(image)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,S,S,3] -> float [B,3,S,S] ``(x / 255 - mean) / std``, in one pass over the batch."""
+        mean = torch.tensor(self.spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.spec.std, dtype=torch.float32).view(1, 3, 1, 1)
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        return x.sub_(mean).div_(std)
+
+    def preprocess_one(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image -> [3,S,S] normalised, following the checkpoint's processor settings."""
+        return self.preprocess([image])[0]
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.preprocess_one(im) for im in images])
+        """PIL images -> [B,3,S,S]: resize / crop each, then normalise the stacked batch once."""
+        return self.normalize(torch.from_numpy(np.stack([self.resize_crop(im) for im in images])))
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, out_dir: str | Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -58,7 +59,7 @@ def resolve_encoder(model: Any, device: str | torch.device | None = None):
             device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         encoder = model
-        for attr in ("preprocess", "encode_image", "tokenize", "encode_text", "logits"):
+        for attr in ("resize_crop", "normalize", "encode_image", "tokenize", "encode_text", "logits"):
             if not hasattr(encoder, attr):
                 raise TypeError(f"model must be a path or an encoder with .{attr}(); got {type(model).__name__}")
     if device is not None:
@@ -85,36 +86,67 @@ def describe_image_error(path: Path, err: Exception) -> str:
     return f"unreadable image '{path}' ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
 
 
+def _decode(encoder, path: Path):
+    """(uint8 [S,S,3] array, None) or (None, problem): runs in a reader thread."""
+    try:
+        return encoder.resize_crop(open_image(path)), None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        return None, describe_image_error(Path(path), e)
+
+
 @torch.inference_mode()
 def encode_images(encoder, paths: Sequence[Path], batch_size: int, device: torch.device,
-                  strict: bool = True, desc: str = "images") -> tuple[torch.Tensor | None, dict[int, str]]:
+                  strict: bool = True, desc: str = "images", readers: int = 2) -> tuple[torch.Tensor | None, dict[int, str]]:
     """Encode every path once -> (global embeddings [N_ok, D] in path order, {index: problem}).
 
     Unreadable images raise ``DataError`` naming the file when ``strict``; otherwise they
     are left out of the embedding matrix and reported in the returned dict. Embeddings of
     the readable ones come back in their original relative order.
+
+    ``readers`` threads decode and resize the next batch while the encoder runs on the
+    current one (PIL releases the GIL while decoding); at most two batches are in flight,
+    so memory stays bounded on large folders. ``readers=0`` decodes inline.
     """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     dtype = encoder_dtype(encoder)
     problems: dict[int, str] = {}
     chunks: list[torch.Tensor] = []
-    starts = range(0, len(paths), batch_size)
-    for start in progress(starts, desc=f"encode {desc}", total=len(starts)):
-        images = []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                images.append(open_image(paths[i]))
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
-                msg = describe_image_error(Path(paths[i]), e)
-                if strict:
-                    raise DataError(msg) from None
-                problems[i] = msg
-        if not images:
-            continue
-        pixels = encoder.preprocess(images).to(device=device, dtype=dtype)
-        global_emb, _ = encoder.encode_image(pixels)
-        chunks.append(global_emb.float())
+    starts = list(range(0, len(paths), batch_size))
+    pool = ThreadPoolExecutor(readers) if readers > 0 else None
+
+    def submit(start: int):
+        idx = range(start, min(start + batch_size, len(paths)))
+        if pool is None:
+            return idx, [_decode(encoder, paths[i]) for i in idx]
+        return idx, [pool.submit(_decode, encoder, paths[i]) for i in idx]
+
+    try:
+        pending = deque(submit(st) for st in starts[:2])
+        for k in progress(range(len(starts)), desc=f"encode {desc}", total=len(starts)):
+            idx, items = pending.popleft()
+            if k + 2 < len(starts):
+                pending.append(submit(starts[k + 2]))
+            arrays = []
+            for i, item in zip(idx, items):
+                arr, msg = item if pool is None else item.result()
+                if msg is not None:
+                    if strict:
+                        raise DataError(msg)
+                    problems[i] = msg
+                else:
+                    arrays.append(arr)
+            if not arrays:
+                continue
+            pixels = encoder.normalize(torch.from_numpy(np.stack(arrays))).to(device=device, dtype=dtype)
+            global_emb, _ = encoder.encode_image(pixels)
+            chunks.append(global_emb.float())
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return (torch.cat(chunks) if chunks else None), problems
 
 
