@@ -87,6 +87,7 @@ def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert not list(out.glob("*/seed*/stage*/checkpoints"))  # weights dropped, logs kept
     assert (out / "default" / "seed0" / "stage1" / "log.csv").is_file()
     assert (out / "ablate.png").stat().st_size > 1000
+    assert (tmp_path / "demo" / "ablation.md").read_text() == (out / "ablate.md").read_text()  # for the report
     saved = json.loads((out / "ablate.json").read_text())
     assert saved["rows"][1]["mmvp"] == pytest.approx(rows[saved["rows"][1]["variant"]]["mmvp"])
 
@@ -97,6 +98,9 @@ def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
         raise AssertionError("train() called for a finished run")
 
     monkeypatch.setattr(train_mod, "train", boom)
+    (tmp_path / "demo" / "report.html").write_text("stale")
     again = run_ablate(tmp_path / "demo", tmp_path / "ablate", s)
     assert again["runs"] == res["runs"]
+    report = (tmp_path / "demo" / "report.html").read_text()  # a demo report gains the ablation table
+    assert "Ablations" in report and "| end-to-end |" in report
 

@@ -19,13 +19,14 @@ mean to the untrained baseline.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from genhancer.demo.run import DemoSettings, demo_config, prepare_inputs
+from genhancer.demo.run import DemoSettings, demo_config, prepare_inputs, write_report
 from genhancer.errors import ConfigError
 
 METRICS = ("mmvp", "probe", "zeroshot")
@@ -107,8 +108,6 @@ def _ensure_vq(demo_dir: Path, s: AblateSettings) -> Path:
 
 def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings) -> dict:
     """Train and evaluate one (variant, seed); returns (and writes) its metrics."""
-    import shutil
-
     from genhancer.export import load_enhanced_encoder
     from genhancer.train import train
 
@@ -237,5 +236,10 @@ def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablat
     (out / "ablate.md").write_text(md + "\n")
     (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2))
     plot(rows, out / "ablate.png")
+    # The demo report shows the latest ablation on its inputs.
+    shutil.copyfile(out / "ablate.md", demo_dir / "ablation.md")
+    shutil.copyfile(out / "ablate.png", demo_dir / "ablation.png")
+    if (demo_dir / "report.html").is_file():
+        write_report(demo_dir)
     print(md)
     return {"rows": rows, "runs": runs, "table": md}

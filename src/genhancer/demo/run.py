@@ -162,7 +162,8 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
 
     _step("reconstruction grid", out / "reconstructions.png", grid, timing)
     timing["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    report = write_report(out, timing)
+    (out / "timing.json").write_text(json.dumps(timing, indent=1))
+    report = write_report(out)
     print(f"[demo] report: {report}")
     return {"report": str(report), "timing": timing}
 
@@ -176,9 +177,14 @@ def _img(path: Path, alt: str, width: int = 480) -> str:
            f"<figcaption>{html.escape(alt)}</figcaption></figure>"
 
 
-def write_report(out: Path, timing: dict) -> Path:
-    """One self-contained HTML page: tables, charts, reconstructions, loss curves."""
+def write_report(out: Path) -> Path:
+    """One self-contained HTML page: tables, charts, reconstructions, loss curves.
+
+    When ``genhancer ablate`` has run on these inputs it leaves ``ablation.md`` / ``.png``
+    here, and the page gains the ablation table (incl. the continuous vs discrete row).
+    """
     ev = out / "eval"
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").is_file() else {}
     parts = ["<!doctype html><meta charset='utf-8'><title>genhancer demo</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}figure{display:inline-block}</style>",
@@ -208,6 +214,10 @@ def write_report(out: Path, timing: dict) -> Path:
     for st in ("stage1", "stage2"):
         for name in ("loss_curve.png", "loss_by_t.png"):
             parts.append(_img(out / st / name, f"{st} {name[:-4].replace('_', ' ')}", 360))
+    if (out / "ablation.md").is_file():
+        parts.append("<h2>Ablations (genhancer ablate; mean ± std over seeds, delta to the baseline)</h2><pre>"
+                     + html.escape((out / "ablation.md").read_text()) + "</pre>")
+        parts.append(_img(out / "ablation.png", "ablations: bars = mean, whiskers = std, dashed = baseline", 900))
     parts.append("<h2>Timing (s)</h2><pre>" + html.escape(json.dumps(timing, indent=1)) + "</pre>")
     path = out / "report.html"
     path.write_text("\n".join(parts))
