@@ -200,6 +200,7 @@ def _add_ablate(p):
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), help="training seeds (default 0 1 2)")
     p.add_argument("--stage1-steps", type=int, default=d.stage1_steps)
     p.add_argument("--stage2-steps", type=int, default=d.stage2_steps)
+    p.add_argument("--batch-size", type=int, default=d.demo.batch_size)
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes (the quick demo's inputs, a few steps): checks the plumbing, not the method")
 
@@ -209,9 +210,9 @@ def cmd_ablate(args) -> int:
     from genhancer.ablate import AblateSettings, run_ablate
     from genhancer.demo.run import QUICK_DEMO, DemoSettings
 
-    if min(args.stage1_steps, args.stage2_steps) < 1:
-        raise ConfigError("--stage1-steps and --stage2-steps must be >= 1")
-    demo = QUICK_DEMO if args.quick else DemoSettings()
+    if min(args.stage1_steps, args.stage2_steps, args.batch_size) < 1:
+        raise ConfigError("--stage1-steps, --stage2-steps and --batch-size must be >= 1")
+    demo = QUICK_DEMO if args.quick else DemoSettings(batch_size=args.batch_size)
     s1, s2 = (10, 5) if args.quick else (args.stage1_steps, args.stage2_steps)
     run_ablate(args.demo_dir, args.out, AblateSettings(demo=demo, stage1_steps=s1, stage2_steps=s2,
                                                         seeds=tuple(args.seeds), variants=tuple(args.variants),

@@ -313,7 +313,24 @@ def _resolve_text_column(columns: list[str], text_column: str, text_required: bo
 
 
 class _TableSource(IndexedSource):
-    """Rows of (image path, caption); paths relative to the table file's folder."""
+    """Rows of (image path, caption); paths relative to the table file's folder.
+
+    Subclasses only parse: ``_read(file, image_column, text_column, text_required)`` returns
+    the ``[(path, caption)]`` rows or raises a one-line ``DataError`` naming file and line.
+    """
+
+    def __init__(self, file: str | os.PathLike, image_column: str = "image", text_column: str = "text",
+                 text_required: bool = False, **kw):
+        super().__init__(file, **kw)
+        file = Path(file)
+        if not file.is_file():
+            raise _missing(file)
+        rows = self._read(file, image_column, text_column, text_required)
+        _check_paths(file, rows)
+        self._finish(file, rows)
+
+    def _read(self, file: Path, image_column: str, text_column: str, text_required: bool) -> list[tuple[str, str]]:
+        raise NotImplementedError
 
     def _finish(self, file: Path, rows: list[tuple[str, str]]) -> None:
         if not rows:
@@ -345,12 +362,7 @@ class CsvSource(_TableSource):
 
     kind = "csv"
 
-    def __init__(self, file: str | os.PathLike, image_column: str = "image", text_column: str = "text",
-                 text_required: bool = False, **kw):
-        super().__init__(file, **kw)
-        file = Path(file)
-        if not file.is_file():
-            raise _missing(file)
+    def _read(self, file: Path, image_column: str, text_column: str, text_required: bool) -> list[tuple[str, str]]:
         delimiter = "\t" if file.suffix.lower() == ".tsv" else ","
         with open(file, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh, delimiter=delimiter)
@@ -364,8 +376,7 @@ class CsvSource(_TableSource):
                         for r in reader]
             except csv.Error as e:
                 raise DataError(f"{file}:{reader.line_num}: not valid CSV ({e})") from None
-        _check_paths(file, rows)
-        self._finish(file, rows)
+        return rows
 
 
 class JsonlSource(_TableSource):
@@ -373,12 +384,7 @@ class JsonlSource(_TableSource):
 
     kind = "jsonl"
 
-    def __init__(self, file: str | os.PathLike, image_column: str = "image", text_column: str = "text",
-                 text_required: bool = False, **kw):
-        super().__init__(file, **kw)
-        file = Path(file)
-        if not file.is_file():
-            raise _missing(file)
+    def _read(self, file: Path, image_column: str, text_column: str, text_required: bool) -> list[tuple[str, str]]:
         rows: list[tuple[str, str]] = []
         text_col: str | None = None
         with open(file, encoding="utf-8-sig") as fh:
@@ -400,8 +406,7 @@ class JsonlSource(_TableSource):
                     raise DataError(f"{file}:{lineno}: no field '{image_column}' (data.image_column)")
                 text = rec.get(text_col, "") if text_col else ""
                 rows.append((str(rec[image_column] or "").strip(), "" if text is None else str(text)))
-        _check_paths(file, rows)
-        self._finish(file, rows)
+        return rows
 
 
 def _check_paths(file: Path, rows: list[tuple[str, str]]) -> None:
