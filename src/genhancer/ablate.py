@@ -235,6 +235,11 @@ def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablat
         runs.append(run_one(demo_dir, out, v, seed, s))
     rows = summarize(base, runs, variants)
     md = format_markdown(rows, s)
+    vq_metrics = demo_dir / "vq" / "metrics.json"
+    if any(v.discrete for v in variants) and vq_metrics.is_file():
+        m = json.loads(vq_metrics.read_text())
+        md += (f"\ndiscrete: own VQ tokenizer ({s.vq_steps} steps on 4,096 corpus images), PSNR {m['psnr']:.1f} dB, "
+               f"codebook usage {100 * m['usage']:.0f} %.")
     (out / "ablate.md").write_text(md + "\n")
     (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2))
     plot(rows, out / "ablate.png")

@@ -282,8 +282,11 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     log_path = run_dir / "log.csv"
     if accelerator.is_main_process and start == 0:
         log_path.write_text("step,loss,lr,grad_norm,samples_per_s\n")
-    bin_sum, bin_cnt = torch.zeros(LOSS_BINS), torch.zeros(LOSS_BINS)
-    losses: list[float] = []
+    # Loss sums, t-bins and the per-step losses stay on the device; the host reads them only
+    # at log / checkpoint steps and at the end, so a GPU step has one sync (the NaN guard).
+    bin_sum = torch.zeros(LOSS_BINS, dtype=torch.float64, device=accelerator.device)
+    bin_cnt = torch.zeros(LOSS_BINS, dtype=torch.int64, device=accelerator.device)
+    losses: list[torch.Tensor] = []
     bad_in_row = 0
     from tqdm.auto import tqdm
 
@@ -295,7 +298,7 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     while step < t.steps:
         torch.manual_seed(_step_seed(t.seed, step, rank))
         gen = torch.Generator(device=dev).manual_seed(_step_seed(t.seed, step, rank) + 1)
-        step_loss, finite, grad_norm = 0.0, True, None
+        step_loss, finite, grad_norm = torch.zeros((), device=dev), True, None
         for _ in range(t.grad_accum):
             batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v)
                      for k, v in stream.next().items()}
@@ -316,13 +319,12 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
                 if accelerator.sync_gradients:
                     sched.step()
                 opt.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float().item() / t.grad_accum
+            step_loss += loss.detach().float() / t.grad_accum
             samples += len(batch.get("key", batch.get("global_token", [])))
             if "t" in out and "loss_per_sample" in out:
                 from genhancer.objectives.rectified_flow import bin_losses
 
-                s_, c_ = bin_losses(out["t"].detach().float().cpu(), out["loss_per_sample"].detach().float().cpu(),
-                                    LOSS_BINS)
+                s_, c_ = bin_losses(out["t"], out["loss_per_sample"], LOSS_BINS)
                 bin_sum += s_
                 bin_cnt += c_
         step += 1
@@ -343,6 +345,9 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
         if step % t.log_every == 0 or step == t.steps:
             rate = samples / max(time.perf_counter() - t0, 1e-9)
             gn = float(grad_norm) if grad_norm is not None else float("nan")
+            if world > 1:  # log the mean over ranks, not rank 0's shard (every rank reaches this line)
+                step_loss = accelerator.reduce(step_loss.detach().clone(), reduction="mean")
+            step_loss = float(step_loss)
             bar.set_postfix(loss=f"{step_loss:.4f}", sps=f"{rate:.1f}")
             accelerator.log({"loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": gn}, step=step)
             if accelerator.is_main_process:
@@ -355,9 +360,10 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     rate = samples / max(time.perf_counter() - t0, 1e-9)
     skipped = stream.skipped()
     if accelerator.is_main_process:
-        _write_diagnostics(run_dir, bin_sum, bin_cnt, skipped)
+        _write_diagnostics(run_dir, bin_sum.cpu(), bin_cnt.cpu(), skipped)
     accelerator.end_training()
-    return TrainResult(run_dir, step, losses[-1] if losses else math.nan, losses, skipped, rate)
+    losses_f = torch.stack(losses).tolist() if losses else []
+    return TrainResult(run_dir, step, losses_f[-1] if losses_f else math.nan, losses_f, skipped, rate)
 
 
 def _write_diagnostics(run_dir: Path, bin_sum: torch.Tensor, bin_cnt: torch.Tensor, skipped: dict) -> None:

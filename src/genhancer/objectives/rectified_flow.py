@@ -24,14 +24,14 @@ SAMPLERS = ("logit_normal", "uniform")
 def bin_losses(t: torch.Tensor, losses: torch.Tensor, bins: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum and count of per-sample ``losses[B]`` in ``bins`` equal bins of ``t[B]`` over [0, 1].
 
-    Returns ``(sums[bins], counts[bins])`` as float64 / int64 on CPU, so a trainer can
-    accumulate them over steps (and all-reduce) before dividing.
+    Returns ``(sums[bins], counts[bins])`` as float64 / int64 on the inputs' device, so a
+    trainer can accumulate them over steps without a host-device sync and divide at the end.
     """
     if t.shape != losses.shape or t.ndim != 1:
         raise ShapeError(f"bin_losses: expected t and losses of one shape [B], got {tuple(t.shape)} "
                          f"and {tuple(losses.shape)}")
-    idx = (t.detach().float().cpu() * bins).long().clamp_(0, bins - 1)
-    sums = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, losses.detach().double().cpu())
+    idx = (t.detach().float() * bins).long().clamp_(0, bins - 1)
+    sums = torch.zeros(bins, dtype=torch.float64, device=t.device).index_add_(0, idx, losses.detach().double())
     counts = torch.bincount(idx, minlength=bins)
     return sums, counts
 
