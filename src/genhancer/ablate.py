@@ -191,7 +191,10 @@ def format_markdown(rows: list[dict], s: AblateSettings) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """One panel per metric: bars = mean, whiskers = std, dashed line = baseline."""
+    """One panel per metric: bars = change of the mean vs the baseline, whiskers = std over seeds.
+
+    Deltas rather than raw scores: the variants differ by fractions of a point, which bars
+    that start at 0 % would hide."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -202,14 +205,14 @@ def plot(rows: list[dict], path: Path) -> Path:
     for k, m in enumerate(METRICS):
         ax = fig.add_subplot(1, len(METRICS), k + 1)
         xs = range(len(variants))
-        ax.bar(xs, [r[m] for r in variants], yerr=[r[m + "_std"] for r in variants], capsize=3,
-               color=["#2b6cb0" if r[m] >= base[m] else "#dd6b20" for r in variants])
-        ax.axhline(base[m], color="#4a5568", linestyle="--", linewidth=1, label=f"baseline {base[m]:.1f}")
+        deltas = [r[m + "_delta"] for r in variants]
+        ax.bar(xs, deltas, yerr=[r[m + "_std"] for r in variants], capsize=3,
+               color=["#2b6cb0" if d >= 0 else "#dd6b20" for d in deltas])
+        ax.axhline(0.0, color="#4a5568", linewidth=1)
         ax.set_xticks(list(xs))
         ax.set_xticklabels([r["variant"] for r in variants], rotation=45, ha="right", fontsize=7)
-        ax.set_title(METRIC_LABELS[m], fontsize=9)
-        ax.set_ylabel("%")
-        ax.legend(fontsize=7)
+        ax.set_title(f"{METRIC_LABELS[m]} (baseline {base[m]:.1f} %)", fontsize=9)
+        ax.set_ylabel("change vs baseline (points)")
     fig.tight_layout()
     fig.savefig(path)
     return path
