@@ -118,6 +118,7 @@ def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings)
         return json.loads(done.read_text())
     if run_dir.exists():  # an interrupted run: start it over rather than mix two half-runs
         shutil.rmtree(run_dir)
+    print(f"[ablate] {v.name} seed {seed}", flush=True)
     ds = replace(s.demo, seed=seed, stage1_steps=s.stage1_steps, stage2_steps=s.stage2_steps)
     extra = list(v.overrides)
     if v.discrete:
@@ -234,7 +235,6 @@ def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablat
     jobs = [(v, seed) for seed in s.seeds for v in variants]
     runs = []
     for v, seed in tqdm(jobs, desc="ablate", unit="run"):
-        print(f"[ablate] {v.name} seed {seed}", flush=True)
         runs.append(run_one(demo_dir, out, v, seed, s))
     rows = summarize(base, runs, variants)
     md = format_markdown(rows, s)
