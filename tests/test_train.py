@@ -356,6 +356,17 @@ def test_cache_build_train_and_refuse_other_encoder(stage1, tiny_clip_dir, clip1
     assert "32-d" in line and "16-d" in line, line
     assert not list_checkpoints(tmp_path / "run16")
 
+    # Same width, other weights: refused too, naming the cache's encoder.
+    from genhancer.encoders.tiny import build_tiny_clip
+
+    other = build_tiny_clip(tmp_path / "other_clip", image_size=32, seed=1)
+    rc, _, err = cli(capsys, "train", "-c", "tiny",
+                     *overrides(other, cache, tmp_path / "run_other", "data.kind=cache", "train.steps=1"),
+                     "--no-progress")
+    assert rc == 2
+    line = assert_one_line_error(err)
+    assert "another encoder" in line and str(tiny_clip_dir) in line, line
+
 
 # ----------------------------------------------------------------------------- 5. keep_last, no silent overwrite
 

@@ -81,7 +81,8 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
         if total == 0:
             raise DataError(f"data.path: '{cfg.data.path}' gave no images to cache")
         save_space_state(enhancer.space, tmp / "space.safetensors")
-        meta = {"encoder": cfg.encoder.name_or_path, "global_dim": enhancer.encoder.global_dim,
+        meta = {"encoder": cfg.encoder.name_or_path, "encoder_fingerprint": enhancer.encoder.fingerprint(),
+                "global_dim": enhancer.encoder.global_dim,
                 "tokenizer": cfg.tokenizer.kind, "gen_size": enhancer.gen_size, "kind": key,
                 "latent_shape": list(buf_shape(tmp, key)), "rows": total, "shards": shard,
                 "augmentations": augmentations, "skipped_images": stream.skipped()}
@@ -114,6 +115,11 @@ def check_cache_fits(path: str | Path, enhancer) -> None:
     if meta["global_dim"] != enhancer.encoder.global_dim:
         raise DataError(f"data.path: cache '{path}' holds {meta['global_dim']}-d global tokens, the encoder "
                         f"gives {enhancer.encoder.global_dim}-d")
+    # Same width is not the same encoder: compare weights (caches written before this field skip it).
+    fp = meta.get("encoder_fingerprint")
+    if fp is not None and fp != enhancer.encoder.fingerprint():
+        raise DataError(f"data.path: cache '{path}' was built with another encoder ('{meta['encoder']}', weights "
+                        f"{fp}) than encoder.name_or_path gives; rebuild it with `genhancer cache`")
     if meta["tokenizer"] != enhancer.cfg.tokenizer.kind or meta["gen_size"] != enhancer.gen_size:
         raise DataError(f"data.path: cache '{path}' was built for tokenizer '{meta['tokenizer']}' at "
                         f"{meta['gen_size']} px, the config asks for '{enhancer.cfg.tokenizer.kind}' at "

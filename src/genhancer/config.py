@@ -279,6 +279,11 @@ def validate(cfg: Config) -> Config:
     if o.mask_ratio_min > o.mask_ratio_max:
         raise ConfigError(f"objective.mask_ratio_min: expected <= objective.mask_ratio_max "
                           f"({o.mask_ratio_max}), got {o.mask_ratio_min}")
+    if d.kind == "cache" and cfg.train.stage != "1":
+        # Cached global tokens come from the frozen encoder: LoRA would get no gradient and
+        # the "enhanced" encoder would silently equal the original.
+        raise ConfigError(f"data.kind: a cache holds frozen-encoder tokens and serves stage 1 only; "
+                          f"train.stage '{cfg.train.stage}' must read images")
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas: expected two numbers, got {cfg.train.betas}")
     if (cfg.denoiser.kind == "perceiver") != (cfg.objective.kind == "masked_tokens"):

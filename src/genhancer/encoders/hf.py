@@ -156,6 +156,19 @@ class VisionLanguageEncoder(nn.Module):
     def text_tower(self) -> nn.Module:
         return self.model.text_model
 
+    def fingerprint(self) -> str:
+        """A short digest of the image-side weights (names, shapes, the first 4,096 values of
+        each tensor): tells two checkpoints apart, e.g. for a stage-1 cache, without hashing
+        gigabytes. Computed on the plain model (before LoRA is injected)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, t in sorted(self.model.state_dict().items()):
+            if name.startswith(("vision_model.", "visual_projection.")):
+                h.update(f"{name}{tuple(t.shape)}".encode())
+                h.update(t.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
     @property
     def global_dim(self) -> int:
         if self.family == "clip":
