@@ -345,15 +345,14 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
         if step % t.log_every == 0 or step == t.steps:
             rate = samples / max(time.perf_counter() - t0, 1e-9)
             gn = float(grad_norm) if grad_norm is not None else float("nan")
-            if world > 1:  # log the mean over ranks, not rank 0's shard (every rank reaches this line)
-                step_loss = accelerator.reduce(step_loss.detach().clone(), reduction="mean")
-            step_loss = float(step_loss)
-            bar.set_postfix(loss=f"{step_loss:.4f}", sps=f"{rate:.1f}")
-            accelerator.log({"loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": gn}, step=step)
+            # The mean over ranks, not rank 0's shard (every rank reaches this line together).
+            shown = float(accelerator.reduce(step_loss.clone(), reduction="mean") if world > 1 else step_loss)
+            lr = sched.get_last_lr()[0]
+            bar.set_postfix(loss=f"{shown:.4f}", sps=f"{rate:.1f}")
+            accelerator.log({"loss": shown, "lr": lr, "grad_norm": gn}, step=step)
             if accelerator.is_main_process:
                 with log_path.open("a") as f:
-                    csv.writer(f).writerow([step, f"{step_loss:.6f}", f"{sched.get_last_lr()[0]:.3e}",
-                                            f"{gn:.4f}", f"{rate:.2f}"])
+                    csv.writer(f).writerow([step, f"{shown:.6f}", f"{lr:.3e}", f"{gn:.4f}", f"{rate:.2f}"])
         if step % t.checkpoint_every == 0 or step == t.steps:
             _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg)
     bar.close()
