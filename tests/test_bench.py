@@ -165,10 +165,23 @@ def test_run_bench_quick(tmp_path, capsys):
         assert r["flops_per_step"] == r["batch"] * flow_dit_train_flops(
             build_flow_dit(r["preset"], 128, 64, device="meta").params, r["tokens"], 1)
     for k in ("stage1_uncached_samples_per_s", "stage1_cached_samples_per_s", "stage2_samples_per_s",
-              "cache_speedup"):
+              "cache_speedup", "stage1_files_samples_per_s", "stage1_cache_files_samples_per_s",
+              "cache_speedup_files"):
         assert res["enhancer"][k] > 0
-    for k in ("eval_images_per_s", "bare_forward_images_per_s", "ratio"):
-        assert res["eval"][k] > 0
+    for e in (res["enhancer"], res["enhancer_tiny"]):
+        # the bound adds the skipped frozen forwards to the cached step: > 1 by construction
+        # of the timings, and consistent with the times it is made of
+        t = e["step_s"]
+        assert e["cache_bound"] == pytest.approx((t["frozen_inputs"] + t["stage1_cached"]) / t["stage1_cached"])
+        assert e["cache_bound"] > 1
+    assert res["enhancer"]["files_images"] == 8
+    for key, size in (("eval", 64), ("eval_reference", 224)):
+        v = res[key]
+        assert v["encoder_image_size"] == size
+        for k in ("eval_images_per_s", "bare_forward_images_per_s", "ratio"):
+            assert v[k] > 0
+    assert res["eval_reference"]["encoder_shape"]["patch"] == 32
+    assert "inline_decode_images_per_s" in res["eval"] and "inline_decode_images_per_s" not in res["eval_reference"]
     assert res["memory"]["peak_rss_mb"] > 0
     # every number the run measured is positive (overheads may round to 0: they are differences)
     measured = {k: v for k, v in res.items() if k not in ("memory_estimate", "load_average_start",
@@ -178,6 +191,18 @@ def test_run_bench_quick(tmp_path, capsys):
     assert on_disk["denoiser"] == json.loads(json.dumps(res["denoiser"]))
     out = capsys.readouterr().out
     assert "matmul ceiling" in out and "memory estimate" in out
+    assert "x bound; from files" in out and "ViT-B/32 shape" in out
+
+
+def test_reference_encoder_has_vit_b32_shape(tmp_path):
+    """The evaluation ratio's reference encoder is a real ViT-B/32 vision tower (random weights)."""
+    from genhancer.bench import build_reference_clip
+    from genhancer.encoders import load_encoder
+
+    enc = load_encoder(str(build_reference_clip(tmp_path / "ref")))
+    n = sum(p.numel() for p in enc.vision_tower.parameters()) + enc.model.visual_projection.weight.numel()
+    assert n == vision_params("ViT-B/32", 224)
+    assert enc.spec.size == 224 and enc.global_dim == 512
 
 
 def test_bad_inputs_are_config_errors(tmp_path):

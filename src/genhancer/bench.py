@@ -8,9 +8,13 @@ One run measures, on one machine (ratios are what to read; absolute times move w
    tokens, with FLOPs counted analytically (:func:`flow_dit_flops`), as FLOP/s and as a
    percentage of the matmul ceiling of the same dtype;
 3. **stage 1 from images vs from the cache, and stage 2**: samples/s of a full optimizer
-   step of :class:`~genhancer.enhancer.Enhancer` (tiny CLIP at 64 px, ``small`` denoiser);
+   step of :class:`~genhancer.enhancer.Enhancer` (tiny CLIP at 64 px, ``small`` and ``tiny``
+   denoisers): from tensors in memory (the step alone; the frozen forwards a cached step
+   skips are timed too, which gives the Amdahl bound of the cache), and stage 1 end to end
+   from a folder of JPEGs vs from a cache built of it, through the real data path;
 4. **evaluation**: images/s of :func:`genhancer.eval.common.encode_images` over image files
-   (decode + preprocess + forward) against the bare encoder forward on ready tensors;
+   (decode + preprocess + forward) against the bare encoder forward on ready tensors, for
+   the tiny encoder and for one with ViT-B/32's shape (random weights);
 5. **peak memory**: max RSS on CPU, ``torch.cuda.max_memory_allocated`` per section on CUDA;
 6. optionally the speed-up of ``torch.compile`` on the denoiser step;
 7. an analytic memory estimate of a paper-sized run (:func:`memory_estimate`).
@@ -476,25 +480,50 @@ def bench_compile(preset: str, tokens: int, batch: int, device: torch.device, am
             "compile_s": compile_s}
 
 
-def _enhancer_config(clip_dir: Path, preset: str = "small"):
+def _enhancer_config(clip_dir: Path, preset: str = "small", overrides: tuple[str, ...] = ()):
     from genhancer.config import load_config
 
-    return load_config("tiny", [f"encoder.name_or_path={clip_dir}", f"denoiser.preset={preset}"])
+    return load_config("tiny", [f"encoder.name_or_path={clip_dir}", f"denoiser.preset={preset}", *overrides])
+
+
+def _file_streams(clip_dir: Path, preset: str, enhancer, work: Path, batch: int, n_images: int):
+    """The two real ``BatchStream`` s of ``genhancer train``: a folder of 256 px JPEGs (decode,
+    random resized crops to both views; ``num_workers=0``, so loading is in the timed step as
+    it is in the demo) and a cache built from the same folder by :func:`build_cache`."""
+    from genhancer.cache import build_cache
+    from genhancer.train import BatchStream
+
+    folder = work / f"stage1_images_{n_images}"
+    if not folder.exists():
+        _write_images(folder, n_images, seed=1)
+    common = (f"data.batch_size={batch}", "data.num_workers=0")
+    files_cfg = _enhancer_config(clip_dir, preset, ("data.kind=folder", f"data.path={folder}", *common))
+    cache_dir = work / f"stage1_cache_{n_images}"
+    if not cache_dir.exists():
+        build_cache(files_cfg, cache_dir, progress=False)
+    cache_cfg = _enhancer_config(clip_dir, preset, ("data.kind=cache", f"data.path={cache_dir}", *common))
+    return BatchStream(files_cfg, enhancer, 0, 1), BatchStream(cache_cfg, enhancer, 0, 1)
 
 
 def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.dtype | None = None,
-                   warmup: int = 1, reps: int = 2, min_time: float = 0.0, preset: str = "small") -> dict[str, Any]:
+                   warmup: int = 1, reps: int = 2, min_time: float = 0.0, preset: str = "small",
+                   work: Path | None = None, n_images: int = 256) -> dict[str, Any]:
     """samples/s of a full optimizer step: stage 1 from images, stage 1 from cached tensors,
     stage 2 (LoRA on the vision tower) from images.
 
     The cache removes the encoder forward and the latent encoding from a stage-1 step, so
-    its speed-up is bounded by Amdahl's law: (inputs + denoiser step) / denoiser step. It is
-    large for a light denoiser and shrinks as the denoiser grows (hence two presets)."""
+    its speed-up is bounded by Amdahl's law: (encoder + latent encode + cached step) / cached
+    step. Both parts are timed in the same rounds, so the bound (``cache_bound``) is measured
+    too. It is large for a light denoiser and shrinks as the denoiser grows (hence two presets).
+
+    With ``work`` (a scratch folder), stage 1 is also timed end to end through the real data
+    path, as ``genhancer train`` runs it: the next batch from a folder of ``n_images`` JPEGs
+    vs from a cache of them, plus the step (``stage1_files`` / ``stage1_cache_files``)."""
     from genhancer.enhancer import Enhancer
 
     cfg = _enhancer_config(clip_dir, preset)
     # Two enhancers, so stage 1 runs on an encoder without LoRA wrappers while the
-    # stage-2 one has them; all three steps are then timed in turn.
+    # stage-2 one has them; all steps are then timed in turn.
     stage1 = Enhancer(cfg).to(device).train()
     stage2 = Enhancer(cfg).to(device).train()
     stage1.set_stage("1")
@@ -508,13 +537,14 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
     cached = {"global_token": torch.randn(batch, stage1.encoder.global_dim, generator=g).to(device),
               "latents": torch.randn(latents.shape, generator=g).to(device)}
 
-    def make_step(enhancer, data: dict):
+    def make_step(enhancer, next_batch: Callable[[], dict]):
         params = [p for p in enhancer.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-5, betas=tuple(cfg.train.betas), eps=cfg.train.eps,
                                 weight_decay=cfg.train.weight_decay)
         gen = torch.Generator(device=device).manual_seed(0)
 
         def step():
+            data = next_batch()
             with _autocast(device, amp):
                 loss = enhancer(data, generator=gen)["loss"]
             loss.backward()
@@ -524,18 +554,40 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
 
         return step, sum(p.numel() for p in params)
 
-    (s1_raw, n1), (s1_cache, _), (s2, n2) = (make_step(stage1, raw), make_step(stage1, cached),
-                                             make_step(stage2, raw))
-    t = _interleaved_times({"stage1_uncached": s1_raw, "stage1_cached": s1_cache, "stage2": s2}, device,
-                           warmup, reps, min_time)
+    def inputs():  # the two frozen forwards a cached step does not run
+        with _autocast(device, amp):
+            stage1.encode(raw["pixel_values"])
+            stage1.target(raw["gen_pixels"])
+
+    (s1_raw, n1), (s1_cache, _), (s2, n2) = (make_step(stage1, lambda: raw), make_step(stage1, lambda: cached),
+                                             make_step(stage2, lambda: raw))
+    fns = {"stage1_uncached": s1_raw, "stage1_cached": s1_cache, "stage2": s2, "frozen_inputs": inputs}
+    if work is not None:
+        files, cache = _file_streams(clip_dir, preset, stage1, work, batch, n_images)
+
+        def from_stream(stream):
+            def next_batch():
+                return {k: v.to(device) for k, v in stream.next().items() if torch.is_tensor(v)}
+            return next_batch
+
+        fns["stage1_files"] = make_step(stage1, from_stream(files))[0]
+        fns["stage1_cache_files"] = make_step(stage1, from_stream(cache))[0]
+    t = _interleaved_times(fns, device, warmup, reps, min_time)
     best = {k: v[0] for k, v in t.items()}
-    return {"batch": batch, "denoiser": cfg.denoiser.preset, "encoder_image_size": s_enc,
-            "latent_shape": list(latents.shape[1:]), "trainable_stage1": n1, "trainable_stage2": n2,
-            "stage1_uncached_samples_per_s": batch / best["stage1_uncached"],
-            "stage1_cached_samples_per_s": batch / best["stage1_cached"],
-            "cache_speedup": best["stage1_uncached"] / best["stage1_cached"],
-            "stage2_samples_per_s": batch / best["stage2"],
-            "step_s": best, "step_s_median": {k: v[1] for k, v in t.items()}}
+    out = {"batch": batch, "denoiser": cfg.denoiser.preset, "encoder_image_size": s_enc,
+           "latent_shape": list(latents.shape[1:]), "trainable_stage1": n1, "trainable_stage2": n2,
+           "stage1_uncached_samples_per_s": batch / best["stage1_uncached"],
+           "stage1_cached_samples_per_s": batch / best["stage1_cached"],
+           "cache_speedup": best["stage1_uncached"] / best["stage1_cached"],
+           "cache_bound": (best["frozen_inputs"] + best["stage1_cached"]) / best["stage1_cached"],
+           "stage2_samples_per_s": batch / best["stage2"],
+           "step_s": best, "step_s_median": {k: v[1] for k, v in t.items()}}
+    if work is not None:
+        out.update({"files_images": n_images,
+                    "stage1_files_samples_per_s": batch / best["stage1_files"],
+                    "stage1_cache_files_samples_per_s": batch / best["stage1_cache_files"],
+                    "cache_speedup_files": best["stage1_files"] / best["stage1_cache_files"]})
+    return out
 
 
 def _write_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> list[Path]:
@@ -558,20 +610,24 @@ def _write_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> list[
 
 def bench_eval(clip_dir: Path, device: torch.device, work: Path, n_images: int, batch_size: int = 32,
                warmup: int = 1, reps: int = 2, min_time: float = 0.0,
-               fp32_flops: float | None = None) -> dict[str, Any]:
+               fp32_flops: float | None = None, inline: bool = True) -> dict[str, Any]:
     """``encode_images`` over files (as ``run_mmvp`` does) vs the bare encoder forward on the
-    same images already decoded and preprocessed."""
+    same images already decoded and preprocessed. ``inline``: also time decoding without
+    reader threads (what overlapping decode with the forward buys)."""
     from genhancer.encoders import load_encoder
     from genhancer.eval.common import encode_images, open_image, resolve_encoder
 
-    paths = _write_images(work / "eval_images", n_images)
+    folder = work / f"eval_images_{n_images}"
+    paths = sorted(folder.glob("*.jpg"), key=lambda q: int(q.stem)) if folder.exists() else []
+    if len(paths) != n_images:
+        paths = _write_images(folder, n_images)
     encoder, dev = resolve_encoder(load_encoder(str(clip_dir)), device)
     pixels = encoder.preprocess([open_image(p) for p in paths]).to(dev)
 
     def full():
         encode_images(encoder, paths, batch_size, dev)
 
-    def inline():  # the same without reader threads: what overlapping decode with the forward buys
+    def no_threads():
         encode_images(encoder, paths, batch_size, dev, readers=0)
 
     @torch.inference_mode()
@@ -579,20 +635,44 @@ def bench_eval(clip_dir: Path, device: torch.device, work: Path, n_images: int, 
         for chunk in pixels.split(batch_size):
             encoder.encode_image(chunk)
 
-    t = _interleaved_times({"full": full, "inline": inline, "bare": bare}, dev, warmup, reps, min_time)
+    fns = {"full": full, "bare": bare} | ({"inline": no_threads} if inline else {})
+    t = _interleaved_times(fns, dev, warmup, reps, min_time)
     t_full, t_bare = t["full"][0], t["bare"][0]
     overhead = max(t_full - t_bare, 0.0) / n_images
+    vc = encoder.model.config.vision_config
     out = {"images": n_images, "image_size_on_disk": 256, "encoder_image_size": encoder.spec.size,
+           "encoder_shape": {"width": vc.hidden_size, "layers": vc.num_hidden_layers, "patch": vc.patch_size,
+                             "params": sum(p.numel() for p in encoder.vision_tower.parameters())},
            "batch_size": batch_size, "eval_images_per_s": n_images / t_full,
            "bare_forward_images_per_s": n_images / t_bare, "ratio": t_full / t_bare,
-           "inline_decode_images_per_s": n_images / t["inline"][0], "ratio_inline": t["inline"][0] / t_bare,
            "overhead_ms_per_image": overhead * 1e3}
+    if inline:
+        out.update({"inline_decode_images_per_s": n_images / t["inline"][0],
+                    "ratio_inline": t["inline"][0] / t_bare})
     if fp32_flops:
         # The decode + preprocess cost per image does not depend on the encoder; set it
         # against a real encoder's forward at the measured ceiling to see what it means there.
         vit_s = vit_forward_flops("ViT-L/14", 224) / fp32_flops
         out["projected_ratio_vit_l14_224"] = 1 + overhead / vit_s
     return out
+
+
+REFERENCE_ENCODER = "ViT-B/32"
+
+
+def build_reference_clip(out_dir: Path, quick: bool = False) -> Path:
+    """A CLIP whose vision tower has :data:`REFERENCE_ENCODER`'s shape (224 px; random
+    weights, built offline) and whose text tower is tiny (unused here): the smallest
+    published CLIP, so the evaluation ratio is measured against a real encoder's cost.
+    ``quick``: the same 224 px geometry at width 128 x 2 layers (for tests)."""
+    from genhancer.encoders.tiny import build_tiny_clip
+
+    s = ENCODER_SPECS[REFERENCE_ENCODER]
+    shape = (dict(width=128, layers=2, heads=2, projection_dim=64) if quick else
+             dict(width=s.width, layers=s.layers, heads=s.heads, projection_dim=s.global_dim))
+    assert s.mlp == 4 * s.width  # build_tiny_clip's MLP ratio
+    return build_tiny_clip(out_dir, image_size=224, patch_size=s.patch, text_width=64, text_layers=1,
+                           text_heads=2, **shape)
 
 
 # ----------------------------------------------------------------------------- report
@@ -629,28 +709,42 @@ def format_table(res: dict[str, Any]) -> str:
                      f"{_fmt_flops(r['flops_per_s']):>18}{r['pct_of_ceiling']:>10.1f}%")
 
     e = res["enhancer"]
-    section(f"enhancer optimizer step (tiny CLIP @ {e['encoder_image_size']} px, {e['denoiser']} denoiser, "
-            f"batch {e['batch']})")
-    lines.append(f"  stage 1 from images      {e['stage1_uncached_samples_per_s']:>10.1f} samples/s")
-    lines.append(f"  stage 1 from cache       {e['stage1_cached_samples_per_s']:>10.1f} samples/s"
-                 f"   ({e['cache_speedup']:.2f}x)")
-    lines.append(f"  stage 2 (LoRA) images    {e['stage2_samples_per_s']:>10.1f} samples/s")
-    if "enhancer_tiny" in res:
-        et = res["enhancer_tiny"]
-        lines.append(f"  tiny denoiser: images {et['stage1_uncached_samples_per_s']:.1f} -> cache "
-                     f"{et['stage1_cached_samples_per_s']:.1f} samples/s ({et['cache_speedup']:.2f}x)")
+    section(f"enhancer optimizer step (tiny CLIP @ {e['encoder_image_size']} px, batch {e['batch']})")
+    lines.append(f"  {'':<40}{'from tensors':>14}{'from files':>12}")
+    for k in ("enhancer", "enhancer_tiny"):
+        if k not in res:
+            continue
+        r = res[k]
+        files = r.get("stage1_files_samples_per_s")
+        cache_files = r.get("stage1_cache_files_samples_per_s")
 
-    v = res["eval"]
-    section(f"evaluation encoding ({v['images']} JPEGs {v['image_size_on_disk']} px -> "
-            f"{v['encoder_image_size']} px, batch {v['batch_size']})")
-    lines.append(f"  encode_images (files)    {v['eval_images_per_s']:>10.1f} images/s")
-    lines.append(f"  ... without reader threads {v['inline_decode_images_per_s']:>8.1f} images/s"
-                 f"   (ratio {v['ratio_inline']:.2f})")
-    lines.append(f"  bare encoder forward     {v['bare_forward_images_per_s']:>10.1f} images/s")
-    lines.append(f"  ratio eval / bare        {v['ratio']:>10.2f}   (overhead "
-                 f"{v['overhead_ms_per_image']:.2f} ms/image)")
-    if "projected_ratio_vit_l14_224" in v:
-        lines.append(f"  same overhead on ViT-L/14 @ 224: ratio {v['projected_ratio_vit_l14_224']:.3f}")
+        def row(label, a, b):
+            lines.append(f"  {label:<40}{a:>14.1f}{(f'{b:.1f}' if b else '-'):>12}")
+
+        den = r["denoiser"]
+        row(f"{den} stage 1 from images (samples/s)", r["stage1_uncached_samples_per_s"], files)
+        row(f"{den} stage 1 from cache (samples/s)", r["stage1_cached_samples_per_s"], cache_files)
+        lines.append(f"  {den} cache speed-up {r['cache_speedup']:.2f}x of a {r['cache_bound']:.2f}x bound"
+                     + (f"; from files {r['cache_speedup_files']:.2f}x" if "cache_speedup_files" in r else ""))
+    lines.append(f"  stage 2 (LoRA), {e['denoiser']}, images {e['stage2_samples_per_s']:>8.1f} samples/s")
+
+    for key in ("eval", "eval_reference"):
+        if key not in res:
+            continue
+        v = res[key]
+        sh = v["encoder_shape"]
+        section(f"evaluation encoding, {v.get('encoder', 'tiny CLIP')} (width {sh['width']} x {sh['layers']} layers, "
+                f"{sh['params'] / 1e6:.1f} M; {v['images']} JPEGs {v['image_size_on_disk']} px -> "
+                f"{v['encoder_image_size']} px, batch {v['batch_size']})")
+        lines.append(f"  encode_images (files)    {v['eval_images_per_s']:>10.1f} images/s")
+        if "inline_decode_images_per_s" in v:
+            lines.append(f"  ... without reader threads {v['inline_decode_images_per_s']:>8.1f} images/s"
+                         f"   (ratio {v['ratio_inline']:.2f})")
+        lines.append(f"  bare encoder forward     {v['bare_forward_images_per_s']:>10.1f} images/s")
+        lines.append(f"  ratio eval / bare        {v['ratio']:>10.2f}   (overhead "
+                     f"{v['overhead_ms_per_image']:.2f} ms/image)")
+        if "projected_ratio_vit_l14_224" in v:
+            lines.append(f"  same overhead on ViT-L/14 @ 224: ratio {v['projected_ratio_vit_l14_224']:.3f}")
 
     c = res["compile"]
     if c.get("enabled"):
@@ -746,15 +840,15 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
     if quick:
         mm_sizes, token_budget = (256, 512), 64
         reps = dict(warmup=1, reps=2, min_time=0.0)
-        enh_batch, n_images = 4, 8
+        enh_batch, n_images, n_ref_images, n_files = 4, 8, 4, 8
     else:
         mm_sizes = (1024, 2048, 4096, 8192) if cuda else (1024, 2048)
         token_budget = 32768 if cuda else 1024
         reps = dict(warmup=2, reps=3, min_time=1.0)
-        enh_batch, n_images = (64 if cuda else 32), 128
+        enh_batch, n_images, n_ref_images, n_files = (64 if cuda else 32), 128, 32, 256
     eval_batch = 32
 
-    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 2 + int(compile))
+    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 3 + int(compile))
     bar = tqdm(total=tasks, desc="bench", unit="task", dynamic_ncols=True,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     res: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__,
@@ -805,16 +899,24 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         # 3. stage 1 uncached / cached, stage 2
         with _Peak(device) as pk:
             task("enhancer stages")
-            res["enhancer"] = bench_enhancer(clip_dir, device, enh_batch, amp, **reps)
-            res["enhancer_tiny"] = bench_enhancer(clip_dir, device, enh_batch, amp, preset="tiny", **reps)
+            res["enhancer"] = bench_enhancer(clip_dir, device, enh_batch, amp, work=tmp, n_images=n_files, **reps)
+            res["enhancer_tiny"] = bench_enhancer(clip_dir, device, enh_batch, amp, preset="tiny", work=tmp,
+                                                  n_images=n_files, **reps)
             bar.update()
         mem_sections["enhancer"] = pk.mb
         done("enhancer")
-        # 4. evaluation encoding
+        # 4. evaluation encoding: the tiny encoder, then one with a real (ViT-B/32) forward cost
         with _Peak(device) as pk:
             task("eval encoding")
             res["eval"] = bench_eval(clip_dir, device, tmp, n_images, eval_batch,
                                      fp32_flops=res["matmul"]["fp32"]["flops"], **reps)
+            bar.update()
+            task("eval encoding, ViT-B/32 shape")
+            ref_dir = build_reference_clip(tmp / "reference_clip", quick=quick)
+            res["eval_reference"] = bench_eval(ref_dir, device, tmp, n_ref_images, eval_batch, inline=False,
+                                               **reps)
+            res["eval_reference"]["encoder"] = (f"{REFERENCE_ENCODER} shape, random weights"
+                                                + (" (quick: narrow)" if quick else ""))
             bar.update()
         mem_sections["eval"] = pk.mb
         done("eval")

@@ -66,15 +66,17 @@ def train_siglip_spm(texts: Iterable[str], vocab_size: int = 500):
 def build_tiny_clip(out_dir: str | Path, texts: Iterable[str] | None = None, image_size: int = 32,
                     patch_size: int = 8, width: int = 64, layers: int = 2, heads: int = 4,
                     text_width: int = 64, text_layers: int = 2, projection_dim: int = 32,
-                    vocab_size: int = 1000, seed: int = 0) -> Path:
-    """Write a random tiny ``CLIPModel`` + processor + tokenizer to ``out_dir``."""
+                    vocab_size: int = 1000, seed: int = 0, text_heads: int | None = None) -> Path:
+    """Write a random tiny ``CLIPModel`` + processor + tokenizer to ``out_dir``
+    (``text_heads`` defaults to ``heads``)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     texts = list(texts or DEFAULT_TEXTS)
     tokenizer = train_clip_bpe(texts, vocab_size=vocab_size)
     cfg = CLIPConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=4 * text_width,
-                         num_hidden_layers=text_layers, num_attention_heads=heads, max_position_embeddings=77,
+                         num_hidden_layers=text_layers, num_attention_heads=text_heads or heads,
+                         max_position_embeddings=77,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id),
         vision_config=dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
