@@ -77,6 +77,10 @@ def test_bin_losses():
     sums, counts = bin_losses(t, losses)
     assert counts.tolist() == [2, 1, 0, 0, 0, 1, 0, 0, 0, 2]
     assert sums.tolist() == [3.0, 3.0, 0, 0, 0, 6.0, 0, 0, 0, 9.0]
+    # a non-finite loss (a skipped step) counts nowhere and does not poison its bin
+    sums, counts = bin_losses(t, torch.tensor([1.0, float("nan"), 3.0, float("inf"), 5.0, 6.0]))
+    assert counts.tolist() == [1, 1, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert sums.tolist() == [1.0, 3.0, 0, 0, 0, 6.0, 0, 0, 0, 5.0]
     with pytest.raises(ShapeError):
         bin_losses(t, losses[:3])
 

@@ -436,10 +436,12 @@ def test_nan_guard_aborts_with_checkpoint(tiny_clip_dir, images, tmp_path, monke
                    "train.max_bad_steps=2")
     with pytest.raises(GenHancerError, match="non-finite") as e:
         train(cfg, progress=False)
-    assert "step 3" in str(e.value)
+    # The counters live on the device and are read at the next log step (log_every=5):
+    # steps 2-5 were skipped, a run of 4 >= 2.
+    assert "aborted at step 5: 4 non-finite" in str(e.value)
     ckpts = list_checkpoints(run)
-    assert [c.name for c in ckpts] == ["step-00000003"]
-    assert json.loads((ckpts[0] / "state.json").read_text())["bad_steps"] == 2
+    assert [c.name for c in ckpts] == ["step-00000005"]
+    assert json.loads((ckpts[0] / "state.json").read_text())["bad_steps"] == 4
     w = weights(ckpts[0] / "model.safetensors")
     assert all(torch.isfinite(v).all() for v in w.values()), "a skipped step leaked NaN into the weights"
 
@@ -468,6 +470,84 @@ def test_nan_on_last_step_still_checkpoints(tiny_clip_dir, images, tmp_path, mon
     res = train(cfg, progress=False)
     assert res.steps == 3
     assert [c.name for c in list_checkpoints(run)] == ["step-00000003"]
+
+
+def _guarded(opt_cls=torch.optim.AdamW, **kw):
+    from accelerate import Accelerator
+
+    from genhancer.train import _NonFiniteGuard
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = Accelerator(cpu=True).prepare(opt_cls([w], lr=0.1, **kw))
+    return w, opt, _NonFiniteGuard(Accelerator(cpu=True), opt, max_bad=2)
+
+
+def test_guard_skips_on_the_device_and_counts_runs():
+    w, opt, guard = _guarded(fused=True)
+    assert guard.on_device
+
+    def step(g):
+        w.grad = torch.full((3,), g)
+        if guard.before_step(w.grad.norm(), torch.tensor(0.0)):
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(float("nan"))  # skipped by the fused kernel: weights and moments untouched
+    assert torch.equal(w.detach(), torch.ones(3))
+    assert float(opt.optimizer.state[w]["step"]) == 0
+    step(1.0)
+    assert (w.detach() < 1).all() and float(opt.optimizer.state[w]["step"]) == 1
+    after_good = w.detach().clone()
+    step(float("inf"))
+    assert torch.equal(w.detach(), after_good)
+    assert guard.check(3) == 2 and guard.longest_run == 1 and not guard.tripped
+    step(float("nan"))  # with the inf one before the check: a run of 2
+    assert guard.check(4) == 3 and guard.longest_run == 2 and guard.tripped
+    step(1.0)
+    assert guard.check(5) == 3 and guard.longest_run == 0 and not guard.tripped
+
+
+def test_guard_falls_back_to_not_stepping_without_found_inf():
+    w, opt, guard = _guarded(torch.optim.SGD)
+    assert not guard.on_device
+    w.grad = torch.full((3,), float("nan"))
+    assert guard.before_step(w.grad.norm(), torch.tensor(0.0)) is False
+    w.grad = torch.ones(3)
+    assert guard.before_step(w.grad.norm(), torch.tensor(0.0)) is True
+
+
+def test_no_host_reads_between_log_steps(tiny_clip_dir, images, tmp_path, monkeypatch):
+    """The hot loop never reads a tensor on the host (each read is a device sync on a GPU):
+    Tensor.item / bool / float / int / tolist called from genhancer's model and training
+    code are counted over a run, and two runs whose only difference is 6 more steps
+    between logs must count the same."""
+    from genhancer.train import train
+
+    counts = {"n": 0}
+
+    def counting(name):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, **kw):
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            # genhancer's own code, except the CPU-side data pipeline (its tensors never
+            # live on the accelerator)
+            if caller.startswith("genhancer") and not caller.startswith("genhancer.data"):
+                counts["n"] += 1
+            return orig(self, *a, **kw)
+        return wrapper
+
+    for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counting(name))
+
+    def reads(steps: int) -> int:
+        counts["n"] = 0
+        cfg = make_cfg(tiny_clip_dir, images, tmp_path / f"run{steps}", "train.log_every=100",
+                       "train.checkpoint_every=100", f"train.steps={steps}")
+        train(cfg, progress=False)
+        return counts["n"]
+
+    assert reads(8) == reads(2)
 
 
 def test_lr_override_in_exponent_notation():

@@ -537,10 +537,11 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
     cached = {"global_token": torch.randn(batch, stage1.encoder.global_dim, generator=g).to(device),
               "latents": torch.randn(latents.shape, generator=g).to(device)}
 
+    from genhancer.train import build_optimizer
+
     def make_step(enhancer, next_batch: Callable[[], dict]):
         params = [p for p in enhancer.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-5, betas=tuple(cfg.train.betas), eps=cfg.train.eps,
-                                weight_decay=cfg.train.weight_decay)
+        opt = build_optimizer(cfg, params)[0]  # the training loop's optimizer (fused AdamW)
         gen = torch.Generator(device=device).manual_seed(0)
 
         def step():

@@ -25,14 +25,18 @@ def bin_losses(t: torch.Tensor, losses: torch.Tensor, bins: int = 10) -> tuple[t
     """Sum and count of per-sample ``losses[B]`` in ``bins`` equal bins of ``t[B]`` over [0, 1].
 
     Returns ``(sums[bins], counts[bins])`` as float64 / int64 on the inputs' device, so a
-    trainer can accumulate them over steps without a host-device sync and divide at the end.
+    trainer can accumulate them over steps without a host-device sync and divide at the end
+    (``index_add_`` rather than ``bincount``, which reads the largest index on the host).
+    Non-finite losses (a step the trainer skips) are left out of both.
     """
     if t.shape != losses.shape or t.ndim != 1:
         raise ShapeError(f"bin_losses: expected t and losses of one shape [B], got {tuple(t.shape)} "
                          f"and {tuple(losses.shape)}")
     idx = (t.detach().float() * bins).long().clamp_(0, bins - 1)
-    sums = torch.zeros(bins, dtype=torch.float64, device=t.device).index_add_(0, idx, losses.detach().double())
-    counts = torch.bincount(idx, minlength=bins)
+    losses = losses.detach().double()
+    keep = torch.isfinite(losses)
+    sums = torch.zeros(bins, dtype=torch.float64, device=t.device).index_add_(0, idx, torch.where(keep, losses, 0.0))
+    counts = torch.zeros(bins, dtype=torch.int64, device=t.device).index_add_(0, idx, keep.long())
     return sums, counts
 
 
