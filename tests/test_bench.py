@@ -175,6 +175,8 @@ def test_run_bench_quick(tmp_path, capsys):
         assert e["cache_bound"] == pytest.approx((t["frozen_inputs"] + t["stage1_cached"]) / t["stage1_cached"])
         assert e["cache_bound"] > 1
     assert res["enhancer"]["files_images"] == 8
+    o = res["optimizer"]
+    assert o["preset"] == "tiny" and o["speedup"] == pytest.approx(o["foreach_s"] / o["fused_s"])
     for key, size in (("eval", 64), ("eval_reference", 224)):
         v = res[key]
         assert v["encoder_image_size"] == size

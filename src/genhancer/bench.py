@@ -16,7 +16,8 @@ One run measures, on one machine (ratios are what to read; absolute times move w
    (decode + preprocess + forward) against the bare encoder forward on ready tensors, for
    the tiny encoder and for one with ViT-B/32's shape (random weights);
 5. **peak memory**: max RSS on CPU, ``torch.cuda.max_memory_allocated`` per section on CUDA;
-6. optionally the speed-up of ``torch.compile`` on the denoiser step;
+6. the optimizer update alone, ``foreach`` vs fused AdamW; optionally the speed-up of
+   ``torch.compile`` on the denoiser step;
 7. an analytic memory estimate of a paper-sized run (:func:`memory_estimate`).
 
 FLOPs here are multiply-adds x 2 of the matrix products only (linear layers, attention's
@@ -455,6 +456,24 @@ def bench_denoiser(preset: str, tokens: int, batch: int, device: torch.device,
             "samples_per_s": batch / best}
 
 
+def bench_optimizer(preset: str, device: torch.device, warmup: int = 1, reps: int = 2,
+                    min_time: float = 0.0) -> dict[str, Any]:
+    """One AdamW update of a denoiser preset's parameters: the ``foreach`` implementation
+    (torch's default) vs the fused kernel the training loop uses, timed in turn."""
+    from genhancer.denoisers.flow_dit import build_flow_dit
+
+    params = list(build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size)
+                  .to(device).parameters())
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for prm in params:
+        prm.grad = torch.randn(prm.shape, generator=g).to(device)
+    opts = {"foreach": torch.optim.AdamW(params, lr=1e-6, foreach=True),
+            "fused": torch.optim.AdamW(params, lr=1e-6, fused=True)}
+    t = _interleaved_times({k: o.step for k, o in opts.items()}, device, warmup, reps, min_time)
+    return {"preset": preset, "params": sum(p.numel() for p in params),
+            "foreach_s": t["foreach"][0], "fused_s": t["fused"][0], "speedup": t["foreach"][0] / t["fused"][0]}
+
+
 def bench_compile(preset: str, tokens: int, batch: int, device: torch.device, amp: torch.dtype | None = None,
                   warmup: int = 1, reps: int = 2, min_time: float = 0.0) -> dict[str, Any]:
     """Eager vs ``torch.compile`` of the same denoiser step, timed in turn.
@@ -708,6 +727,10 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append(f"  {r['preset']:<10}{r['params'] / 1e6:>9.2f}M{r['tokens']:>8}{r['batch']:>7}"
                      f"{r['dtype']:>10}{r['flops_per_step'] / 1e9:>12.2f}{r['step_s'] * 1e3:>10.1f}"
                      f"{_fmt_flops(r['flops_per_s']):>18}{r['pct_of_ceiling']:>10.1f}%")
+    if "optimizer" in res:
+        o = res["optimizer"]
+        lines.append(f"  AdamW update of {o['preset']} ({o['params'] / 1e6:.2f} M): foreach {o['foreach_s'] * 1e3:.1f} ms, "
+                     f"fused {o['fused_s'] * 1e3:.1f} ms ({o['speedup']:.2f}x; the training loop uses fused)")
 
     e = res["enhancer"]
     section(f"enhancer optimizer step (tiny CLIP @ {e['encoder_image_size']} px, batch {e['batch']})")
@@ -849,7 +872,7 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         enh_batch, n_images, n_ref_images, n_files = (64 if cuda else 32), 128, 32, 256
     eval_batch = 32
 
-    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 3 + int(compile))
+    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 4 + int(compile))
     bar = tqdm(total=tasks, desc="bench", unit="task", dynamic_ncols=True,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     res: dict[str, Any] = {"device": _device_name(device), "torch": torch.__version__,
@@ -891,6 +914,9 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
                 r["pct_of_ceiling"] = 100 * r["flops_per_s"] / ceiling
                 res["denoiser"].append(r)
                 bar.update()
+        task("optimizer step")
+        res["optimizer"] = bench_optimizer(presets[-1] if "small" not in presets else "small", device, **reps)
+        bar.update()
     mem_sections["denoiser"] = pk.mb
     done("denoiser")
 
