@@ -217,3 +217,60 @@ def test_bad_inputs_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="stage"):
         memory_estimate(stage=3)
     assert torch.get_num_threads() >= 1
+
+
+# ----------------------------------------------------------------------------- measured vs estimated memory
+
+def test_flux_vae_config_matches_the_estimate():
+    from diffusers import AutoencoderKL
+
+    from genhancer.bench import FLUX_VAE_CONFIG, LATENT_SPACES
+
+    with torch.device("meta"):
+        vae = AutoencoderKL(**FLUX_VAE_CONFIG)
+    assert sum(p.numel() for p in vae.parameters()) == LATENT_SPACES["flux-vae"][0]
+    assert vae.config.latent_channels == 16 and vae.config.block_out_channels[0] == LATENT_SPACES["flux-vae"][1]
+
+
+@pytest.mark.parametrize("stage", ["1", "2"])
+def test_estimate_counts_the_built_enhancer(tiny_clip_dir, stage):
+    """Every parameter term of the estimate equals the real modules (tiny CLIP, TAEF2, LoRA)."""
+    from genhancer.bench import LATENT_SPACES, measure_recipe_memory
+    from genhancer.config import load_config
+
+    cfg = load_config("tiny", [f"encoder.name_or_path={tiny_clip_dir}", f"train.stage={stage}",
+                               "data.batch_size=2", "projector.hidden_dim=48"])
+    res = measure_recipe_memory(cfg, torch.device("cpu"), steps=1)
+    assert res["param_counts"] == res["estimate"]["param_counts"]
+    assert res["param_counts"]["latent_space"] == LATENT_SPACES["taef2"][0]
+    assert (res["param_counts"]["lora"] > 0) == (stage == "2")
+    assert res["measured_peak_gb"] is None and res["estimate"]["inputs"]["batch"] == 2
+
+
+def test_random_paper_recipe_builds_and_its_estimate_matches(tmp_path):
+    """The GPU memory run's model: paper-stage2 with random weights (a ViT-B/32-shaped CLIP at
+    64 px here, to keep the test light; FLUX.1's VAE config); one real step on CPU."""
+    from genhancer.bench import build_random_recipe, format_memory_run, measure_recipe_memory
+
+    cfg = build_random_recipe("paper-stage2", tmp_path, "ViT-B/32", 64,
+                              ("denoiser.preset=tiny", "data.batch_size=1"))
+    assert cfg.train.stage == "2" and cfg.tokenizer.kind == "vae" and cfg.lora.r == 16
+    res = measure_recipe_memory(cfg, torch.device("cpu"), steps=1)
+    assert res["param_counts"] == res["estimate"]["param_counts"]
+    assert res["estimate"]["inputs"]["latent_space"] == "flux-vae" and res["estimate"]["inputs"]["grad_ckpt"]
+    assert "n/a on CPU" in format_memory_run(res)
+
+
+def test_memory_recipe_cli_needs_cuda_and_overrides_need_it(tmp_path):
+    import subprocess
+    import sys
+
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "genhancer.cli", "bench", "--out", str(tmp_path), *a],
+                              capture_output=True, text=True, timeout=300,
+                              env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+
+    r = cli("--memory-recipe", "paper-stage2")
+    assert r.returncode == 2 and "needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
+    r = cli("data.batch_size=8")
+    assert r.returncode == 2 and "only go with --memory-recipe" in r.stderr

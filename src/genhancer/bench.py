@@ -204,7 +204,8 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
                     denoiser: str = "flux-lite", batch: int = 16, dtype: str = "bf16",
                     grad_ckpt: bool = True, stage: int | str = 2, *, weights: str | None = None,
                     lora_r: int = 16, lora_dropout: float = 0.1, train_projector: bool = True,
-                    train_denoiser: bool = True, projector_hidden: int = 768) -> dict[str, Any]:
+                    train_denoiser: bool = True, projector_hidden: int = 768,
+                    latent_space: str | None = None) -> dict[str, Any]:
     """Analytic GPU memory (GB = 1e9 bytes) of one training process, by term.
 
     Assumptions:
@@ -235,6 +236,9 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
     * **Transient**: the frozen autoencoder encoding the batch without a graph, taken as
       three full-resolution feature maps of its first stage (width x S^2).
     * Not counted: CUDA context (~0.5 GB), allocator fragmentation, data loader buffers.
+
+    ``latent_space``: ``"flux-vae"`` or ``"taef2"`` (default: the FLUX VAE for ``flux-lite``,
+    TAEF2 otherwise).
     """
     from genhancer.denoisers.flow_dit import count_params
 
@@ -248,7 +252,9 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
         raise ConfigError(f"denoiser: unknown flow_dit preset '{denoiser}'; expected one of {', '.join(PRESETS)}")
     spec = _encoder_spec(vision)
     wb, ab = _BYTES[weights or dtype], _BYTES[dtype]
-    space = "flux-vae" if denoiser == "flux-lite" else "taef2"
+    space = latent_space or ("flux-vae" if denoiser == "flux-lite" else "taef2")
+    if space not in LATENT_SPACES:
+        raise ConfigError(f"latent_space: expected one of {', '.join(LATENT_SPACES)}, got {space!r}")
     in_ch = FLUX_VAE_TOKEN_CHANNELS if space == "flux-vae" else TAEF2_TOKEN_CHANNELS
     dp = PRESETS[denoiser]
     h, mh = dp.hidden_size, int(dp.hidden_size * dp.mlp_ratio)
@@ -315,6 +321,129 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
         "activations_total_gb": sum(act_gb.values()),
         "total_gb": total,
     }
+
+
+# ----------------------------------------------------------------------------- measured memory
+
+# FLUX.1's AutoencoderKL config (diffusers): 83,819,683 parameters, 16 latent channels.
+FLUX_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=16,
+                       down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                       block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
+                       use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
+                       scaling_factor=0.3611, sample_size=1024)
+
+
+def spec_of(encoder) -> VisionLanguageSpec:
+    """The :class:`VisionLanguageSpec` of a loaded ``VisionLanguageEncoder``."""
+    c = encoder.model.config
+    v, t = c.vision_config, c.text_config
+    return VisionLanguageSpec(encoder.family, v.hidden_size, v.num_hidden_layers, v.intermediate_size,
+                              v.num_attention_heads, v.patch_size, encoder.global_dim, t.hidden_size,
+                              t.num_hidden_layers, t.intermediate_size, t.num_attention_heads, t.vocab_size,
+                              t.max_position_embeddings)
+
+
+def param_counts(enhancer) -> dict[str, int]:
+    """Parameters of a built ``Enhancer`` by the terms of :func:`memory_estimate`."""
+    enc = enhancer.encoder
+
+    def n(mod, lora: bool | None = None):
+        return sum(p.numel() for name, p in mod.named_parameters()
+                   if lora is None or (("lora_" in name) == lora))
+
+    vision = n(enc.vision_tower, lora=False)
+    if enc.family == "clip":
+        vision += n(enc.model.visual_projection)
+    return {"vision": vision, "text": n(enc.model, lora=False) - vision, "latent_space": n(enhancer.space),
+            "projector": n(enhancer.projector), "denoiser": n(enhancer.denoiser),
+            "lora": n(enc.vision_tower, lora=True),
+            "trainable": sum(p.numel() for p in enhancer.parameters() if p.requires_grad)}
+
+
+def estimate_for(cfg, enhancer) -> dict[str, Any]:
+    """:func:`memory_estimate` with every input read off a config and the Enhancer built from it."""
+    from genhancer.train import _mixed_precision
+
+    mp = _mixed_precision(cfg)
+    if cfg.tokenizer.kind not in ("taef2", "vae"):
+        raise ConfigError(f"tokenizer.kind: the memory estimate covers taef2 and vae, got '{cfg.tokenizer.kind}'")
+    return memory_estimate(
+        vision=spec_of(enhancer.encoder), image_size=enhancer.encoder.spec.size, denoiser=cfg.denoiser.preset,
+        batch=cfg.data.batch_size, dtype={"bf16": "bf16", "fp16": "fp16"}.get(mp, "fp32"), weights="fp32",
+        grad_ckpt=bool(cfg.encoder.gradient_checkpointing and cfg.denoiser.gradient_checkpointing),
+        stage=cfg.train.stage, lora_r=cfg.lora.r, lora_dropout=cfg.lora.dropout,
+        train_projector=cfg.train.train_projector, train_denoiser=cfg.train.train_denoiser,
+        projector_hidden=cfg.projector.hidden_dim, latent_space="flux-vae" if cfg.tokenizer.kind == "vae" else "taef2")
+
+
+def measure_recipe_memory(cfg, device: torch.device | None = None, steps: int = 2) -> dict[str, Any]:
+    """Peak memory of ``steps`` real optimizer steps of ``cfg`` (its stage, batch, precision,
+    checkpointing; random inputs; stage 2 starts from fresh weights, which costs the same
+    memory) next to :func:`estimate_for` of the same config. The peak is
+    ``torch.cuda.max_memory_allocated`` on CUDA; on CPU only the parameter counts are compared
+    (``measured_peak_gb`` is None: RSS mixes in the interpreter and libraries)."""
+    from genhancer.enhancer import Enhancer
+    from genhancer.train import _mixed_precision, build_optimizer
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    enhancer = Enhancer(cfg)
+    enhancer.set_stage(cfg.train.stage)
+    estimate = estimate_for(cfg, enhancer)
+    counts = param_counts(enhancer)
+    enhancer.to(device).train()
+    params = [p for p in enhancer.parameters() if p.requires_grad]
+    opt = build_optimizer(cfg, params)[0]
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_mixed_precision(cfg)) if cuda else None
+    b, s_enc, s_gen = cfg.data.batch_size, enhancer.encoder.spec.size, enhancer.gen_size
+    g = torch.Generator(device="cpu").manual_seed(0)
+    batch = {"pixel_values": torch.randn(b, 3, s_enc, s_enc, generator=g).to(device),
+             "gen_pixels": (torch.rand(b, 3, s_gen, s_gen, generator=g) * 2 - 1).to(device)}
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with _autocast(device, amp):
+            loss = enhancer(batch)["loss"]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None
+    return {"device": _device_name(device), "stage": cfg.train.stage, "batch": b,
+            "mixed_precision": _mixed_precision(cfg), "measured_peak_gb": peak,
+            "estimate_gb": estimate["total_gb"], "estimate": estimate, "param_counts": counts,
+            "step_s": min(times)}
+
+
+def build_random_recipe(recipe: str, work: Path, vision: str = "ViT-L/14", image_size: int = 224,
+                        overrides: tuple[str, ...] = ()):
+    """``recipe``'s config with its encoder and VAE replaced by random-weight copies of the
+    same shapes, built offline under ``work`` (a CLIP of ``vision``'s shape; FLUX.1's
+    AutoencoderKL config): a paper-sized run's memory can be measured on a machine without
+    the hub. The text tower keeps the shape but a small vocabulary (1,000 BPE tokens)."""
+    from diffusers import AutoencoderKL
+
+    from genhancer.config import load_config
+    from genhancer.encoders.tiny import build_tiny_clip
+
+    s = _encoder_spec(vision)
+    if s.family != "clip" or s.mlp != 4 * s.width or s.text_mlp != 4 * s.text_width:
+        raise ConfigError(f"vision: random recipes are built for CLIP shapes with 4x MLPs, not '{vision}'")
+    clip_dir = work / f"clip-{vision.replace('/', '-')}-{image_size}"
+    if not (clip_dir / "config.json").exists():
+        build_tiny_clip(clip_dir, image_size=image_size, patch_size=s.patch, width=s.width, layers=s.layers,
+                        heads=s.heads, text_width=s.text_width, text_layers=s.text_layers, text_heads=s.text_heads,
+                        projection_dim=s.global_dim)
+    vae_dir = work / "flux-vae"
+    if not (vae_dir / "config.json").exists():
+        torch.manual_seed(0)
+        AutoencoderKL(**FLUX_VAE_CONFIG).save_pretrained(vae_dir)
+    return load_config(recipe, [f"encoder.name_or_path={clip_dir}", f"tokenizer.name_or_path={vae_dir}",
+                                "tokenizer.subfolder=", f"train.output_dir={work / 'run'}", *overrides])
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -801,6 +930,21 @@ def format_table(res: dict[str, Any]) -> str:
     if res.get("wall_s"):
         lines.append("")
         lines.append("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in res["wall_s"].items()))
+    return "\n".join(lines)
+
+
+def format_memory_run(res: dict[str, Any]) -> str:
+    est = res["estimate"]
+    lines = [f"memory of one optimizer step — {res['device']} | stage {res['stage']}, batch {res['batch']}, "
+             f"{res['mixed_precision']} | {res['step_s']:.2f} s/step",
+             "  measured peak (torch.cuda.max_memory_allocated): "
+             + (f"{res['measured_peak_gb']:.2f} GB" if res["measured_peak_gb"] is not None else "n/a on CPU"),
+             f"  analytic estimate: {res['estimate_gb']:.2f} GB (weights {est['params_total_gb']:.2f}, master "
+             f"{est['master_weights_gb']:.2f}, gradients {est['gradients_gb']:.2f}, AdamW {est['optimizer_gb']:.2f}, "
+             f"activations {est['activations_total_gb']:.2f})",
+             "  parameters (real / estimate):"]
+    for k, v in res["param_counts"].items():
+        lines.append(f"    {k:<14}{v / 1e6:>10.2f} M / {est['param_counts'][k] / 1e6:.2f} M")
     return "\n".join(lines)
 
 

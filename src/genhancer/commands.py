@@ -309,12 +309,40 @@ def _add_bench(p):
     p.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes")
     p.add_argument("--presets", nargs="+", default=["tiny", "small"], help="flow_dit presets to time")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the denoiser")
+    p.add_argument("--memory-recipe", metavar="PRESET",
+                   help="instead: measure the peak GPU memory of a real optimizer step of this config preset "
+                        "(e.g. paper-stage2) with random weights of --vision's shape and FLUX.1's VAE, next "
+                        "to the analytic estimate (needs CUDA)")
+    p.add_argument("--vision", default="ViT-L/14", help="encoder shape for --memory-recipe (default ViT-L/14)")
+    p.add_argument("--image-size", type=int, default=224, help="encoder image size for --memory-recipe")
+    p.add_argument("overrides", nargs="*", help="config overrides for --memory-recipe, e.g. data.batch_size=8")
 
 
 @command("bench", "speed and memory on this machine: matmul ceiling, denoiser FLOP/s, cache, eval, memory")
 def cmd_bench(args) -> int:
-    from genhancer.bench import run_bench
+    import json
+    from pathlib import Path
 
+    import torch
+
+    from genhancer.bench import build_random_recipe, format_memory_run, measure_recipe_memory, run_bench
+
+    if args.memory_recipe:
+        if not torch.cuda.is_available():
+            raise ConfigError("--memory-recipe: needs a CUDA device (it reads torch.cuda.max_memory_allocated); "
+                              "every bench run prints the analytic estimate")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = build_random_recipe(args.memory_recipe, out / "random-weights", args.vision, args.image_size,
+                                  tuple(args.overrides))
+        res = measure_recipe_memory(cfg)
+        res["recipe"], res["vision"], res["image_size"] = args.memory_recipe, args.vision, args.image_size
+        print(format_memory_run(res))
+        (out / "memory.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {out}/memory.json")
+        return 0
+    if args.overrides:
+        raise ConfigError(f"bench: config overrides ({args.overrides[0]}) only go with --memory-recipe")
     run_bench(args.out, quick=args.quick, presets=tuple(args.presets), compile=args.compile)
     print(f"wrote {args.out}/bench.json")
     return 0

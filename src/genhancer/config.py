@@ -146,7 +146,7 @@ class TrainConfig:
     checkpoint_every: int = _f(500, lo=1)
     keep_last: int = _f(2, lo=1)
     log_every: int = _f(10, lo=1)
-    max_bad_steps: int = _f(5, lo=1, doc="abort after this many non-finite losses in a row")
+    max_bad_steps: int = _f(5, lo=1, doc="abort after this many non-finite losses in a row (skipped steps change nothing; the run is noticed at the next log / checkpoint step)")
 
 
 @dataclass

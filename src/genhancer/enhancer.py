@@ -65,7 +65,9 @@ class Enhancer(nn.Module):
         self.denoiser = build_denoiser(cfg.denoiser, self.space, self.grid, cond_dim)
         self.objective = build_objective(cfg.objective)
         if cfg.encoder.gradient_checkpointing:
-            self.encoder.model.gradient_checkpointing_enable()
+            model = self.encoder.model  # renamed in transformers 5 (the old name warns)
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
         for prm in self.encoder.parameters():
             prm.requires_grad_(False)
         self.stage = "1"

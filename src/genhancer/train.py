@@ -4,6 +4,10 @@ The stage only decides which parameters train (``Enhancer.set_stage``); everythi
 — data, objective, optimisation, logging, checkpoints — is shared. The same command
 runs in one process or under ``accelerate launch`` (DDP / FSDP / DeepSpeed by config).
 
+Hot loop: no host-device sync. Losses, loss-by-timestep bins and the non-finite-step
+counters stay on the device and are read at log / checkpoint steps; a step whose
+gradient norm is not finite is skipped by the fused AdamW kernel itself (``found_inf``).
+
 Determinism: every optimizer step re-seeds torch from ``(seed, step, rank)`` and the data
 pipeline seeds each sample's crop from its key, so a run resumed from a checkpoint
 repeats the uninterrupted run's losses exactly on CPU.
