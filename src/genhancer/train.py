@@ -252,7 +252,7 @@ class _NonFiniteGuard:
     gradients. The counters are read in :meth:`check`, at log / checkpoint steps: a run of
     ``max_bad`` skipped steps in a row is noticed there (skipped steps change nothing)."""
 
-    def __init__(self, accelerator, opt, max_bad: int, bad_before: int = 0):
+    def __init__(self, accelerator, opt, max_bad: int, bad_before: int = 0, start_step: int = 0):
         self.acc, self.opt, self.max_bad = accelerator, opt, max_bad
         self.inner = getattr(opt, "optimizer", opt)
         self.scaler = getattr(accelerator, "scaler", None)
@@ -262,7 +262,7 @@ class _NonFiniteGuard:
         self.run = torch.zeros((), dtype=torch.int64, device=dev)       # current run of bad steps
         self.run_max = torch.zeros((), dtype=torch.int64, device=dev)   # longest run since the last check
         self.total = torch.full((), bad_before, dtype=torch.int64, device=dev)
-        self.reported, self.last_check, self.longest_run, self.tripped = bad_before, 0, 0, False
+        self.reported, self.last_check, self.longest_run, self.tripped = bad_before, start_step, 0, False
 
     def before_step(self, grad_norm: torch.Tensor, loss: torch.Tensor) -> bool:
         """Record whether this step is bad; returns whether to call ``opt.step()``."""
@@ -357,7 +357,7 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     bin_cnt = torch.zeros(LOSS_BINS, dtype=torch.int64, device=dev)
     losses: list[torch.Tensor] = []
     bad_flags: list[torch.Tensor] = []
-    guard = _NonFiniteGuard(accelerator, opt, t.max_bad_steps, history["bad_steps"])
+    guard = _NonFiniteGuard(accelerator, opt, t.max_bad_steps, history["bad_steps"], start)
     clip = t.grad_clip if t.grad_clip > 0 else math.inf  # the norm is needed anyway: it decides the skip
     from tqdm.auto import tqdm
 
