@@ -323,6 +323,40 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
     }
 
 
+# ----------------------------------------------------------------------------- shared step
+
+
+def _random_images(enhancer, batch: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random image batch of an Enhancer's two views: pixel_values [B,3,Se,Se], gen_pixels [B,3,Sg,Sg]."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    s_enc, s_gen = enhancer.encoder.spec.size, enhancer.gen_size
+    return {"pixel_values": torch.randn(batch, 3, s_enc, s_enc, generator=g).to(device),
+            "gen_pixels": (torch.rand(batch, 3, s_gen, s_gen, generator=g) * 2 - 1).to(device)}
+
+
+def _optimizer_step(cfg, enhancer, next_batch: Callable[[], dict], device: torch.device,
+                    amp: torch.dtype | None) -> tuple[Callable[[], None], int]:
+    """A closure running one optimizer step as ``genhancer train`` does (its optimizer, autocast,
+    gradient clipping) on ``next_batch()``, and the number of trainable parameters."""
+    from genhancer.train import build_optimizer
+
+    params = [p for p in enhancer.parameters() if p.requires_grad]
+    opt = build_optimizer(cfg, params)[0]
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        data = next_batch()
+        with _autocast(device, amp):
+            loss = enhancer(data, generator=gen)["loss"]
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, sum(p.numel() for p in params)
+
+
 # ----------------------------------------------------------------------------- measured memory
 
 # FLUX.1's AutoencoderKL config (diffusers): 83,819,683 parameters, 16 latent channels.
@@ -383,7 +417,7 @@ def measure_recipe_memory(cfg, device: torch.device | None = None, steps: int = 
     ``torch.cuda.max_memory_allocated`` on CUDA; on CPU only the parameter counts are compared
     (``measured_peak_gb`` is None: RSS mixes in the interpreter and libraries)."""
     from genhancer.enhancer import Enhancer
-    from genhancer.train import _mixed_precision, build_optimizer
+    from genhancer.train import _mixed_precision
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -392,24 +426,17 @@ def measure_recipe_memory(cfg, device: torch.device | None = None, steps: int = 
     estimate = estimate_for(cfg, enhancer)
     counts = param_counts(enhancer)
     enhancer.to(device).train()
-    params = [p for p in enhancer.parameters() if p.requires_grad]
-    opt = build_optimizer(cfg, params)[0]
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(_mixed_precision(cfg)) if cuda else None
-    b, s_enc, s_gen = cfg.data.batch_size, enhancer.encoder.spec.size, enhancer.gen_size
-    g = torch.Generator(device="cpu").manual_seed(0)
-    batch = {"pixel_values": torch.randn(b, 3, s_enc, s_enc, generator=g).to(device),
-             "gen_pixels": (torch.rand(b, 3, s_gen, s_gen, generator=g) * 2 - 1).to(device)}
+    b = cfg.data.batch_size
+    batch = _random_images(enhancer, b, device)
+    step = _optimizer_step(cfg, enhancer, lambda: batch, device, amp)[0]
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        with _autocast(device, amp):
-            loss = enhancer(batch)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step()
         _sync(device)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else None
@@ -676,32 +703,16 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
     stage2 = Enhancer(cfg).to(device).train()
     stage1.set_stage("1")
     stage2.set_stage("2")
-    g = torch.Generator(device="cpu").manual_seed(0)
-    s_enc, s_gen = stage1.encoder.spec.size, stage1.gen_size
-    raw = {"pixel_values": torch.randn(batch, 3, s_enc, s_enc, generator=g).to(device),
-           "gen_pixels": (torch.rand(batch, 3, s_gen, s_gen, generator=g) * 2 - 1).to(device)}
+    g = torch.Generator(device="cpu").manual_seed(1)
+    s_enc = stage1.encoder.spec.size
+    raw = _random_images(stage1, batch, device)
     with torch.no_grad():
         latents = stage1.target(raw["gen_pixels"])
     cached = {"global_token": torch.randn(batch, stage1.encoder.global_dim, generator=g).to(device),
               "latents": torch.randn(latents.shape, generator=g).to(device)}
 
-    from genhancer.train import build_optimizer
-
     def make_step(enhancer, next_batch: Callable[[], dict]):
-        params = [p for p in enhancer.parameters() if p.requires_grad]
-        opt = build_optimizer(cfg, params)[0]  # the training loop's optimizer (fused AdamW)
-        gen = torch.Generator(device=device).manual_seed(0)
-
-        def step():
-            data = next_batch()
-            with _autocast(device, amp):
-                loss = enhancer(data, generator=gen)["loss"]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        return step, sum(p.numel() for p in params)
+        return _optimizer_step(cfg, enhancer, next_batch, device, amp)
 
     def inputs():  # the two frozen forwards a cached step does not run
         with _autocast(device, amp):

@@ -376,14 +376,14 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
             with accelerator.accumulate(model), accelerator.autocast():
                 out = model(batch, generator=gen)
                 loss = out["loss"]
+                step_loss += loss.detach().float() / t.grad_accum
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(params, clip)
-                    if guard.before_step(grad_norm, step_loss + loss.detach().float() / t.grad_accum):
+                    if guard.before_step(grad_norm, step_loss):
                         opt.step()
                     sched.step()
                 opt.zero_grad(set_to_none=True)
-            step_loss += loss.detach().float() / t.grad_accum
             samples += len(batch.get("key", batch.get("global_token", [])))
             if "t" in out and "loss_per_sample" in out:
                 from genhancer.objectives.rectified_flow import bin_losses
