@@ -127,10 +127,17 @@ cmd_export.configure = _add_export
 
 # ----------------------------------------------------------------------------- entry point
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (which command, what is wrong) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import genhancer.commands  # noqa: F401  (registers the remaining subcommands)
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="genhancer",
         description="Make CLIP-family vision encoders see fine detail with a light generative enhancer "
                     "(GenHancer, ICCV 2025).")

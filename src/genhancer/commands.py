@@ -277,6 +277,36 @@ def cmd_tokenizer(args) -> int:
 cmd_tokenizer.configure = _add_tokenizer
 
 
+# ----------------------------------------------------------------------------- world
+
+def _add_world(p):
+    p.add_argument("--seed", type=int, required=True, help="world seed (each part adds its own offset)")
+    p.add_argument("--out", required=True, help="directory to write the parts into")
+    p.add_argument("--corpus", type=int, metavar="N", help="captioned training images -> OUT/corpus/")
+    p.add_argument("--benchmark", action="store_true", help="MMVP-format pair benchmark -> OUT/mmvp/")
+    p.add_argument("--pairs-per-category", type=int, default=15, help="benchmark pairs per category (default 15)")
+    p.add_argument("--probe", type=int, metavar="N", help="images labelled with every fine attribute -> OUT/probe/")
+    p.add_argument("--coarse", type=int, metavar="N", help="zero-shot images per kind -> OUT/coarse/")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--overwrite", action="store_true", help="replace parts that already exist")
+
+
+@command("world", "write any part of the demo's synthetic world for any seed (corpus, benchmark, probe, coarse)")
+def cmd_world(args) -> int:
+    from genhancer.demo.world import WORLD_VERSION, write_world
+
+    dirs = write_world(args.out, args.seed, corpus=args.corpus, benchmark=args.benchmark, probe=args.probe,
+                       coarse=args.coarse, size=args.image_size, pairs_per_category=args.pairs_per_category,
+                       overwrite=args.overwrite)
+    for name, d in dirs.items():
+        print(f"{name}: {d}")
+    print(f"world version {WORLD_VERSION}, seed {args.seed}")
+    return 0
+
+
+cmd_world.configure = _add_world
+
+
 # ----------------------------------------------------------------------------- pretrain-clip
 
 def _add_pretrain(p):

@@ -1,32 +1,39 @@
-"""A procedural world of small captioned scenes: the embedded, offline testbed.
+"""A procedural world of small captioned scenes: the embedded, offline testbed (version 2).
 
 Real CLIP is blind to fine detail because contrastive training rarely needs it: coarse
-content already tells a batch's captions apart. This world is built to reproduce that.
-Every scene is one object (12 kinds, 7 colours) on one of 8 background textures (5 tints),
-and carries nine *fine* attributes, one per MMVP-VLM category, each a cue that is small
-relative to the object:
+content already tells a batch's captions apart, while the details MMVP asks about are
+plainly visible (a vision-only model separates its pairs easily). This world is built to
+reproduce that. Every scene is one object (12 kinds, 7 colours) on one of 8 background
+textures, and carries nine *fine* attributes, one per MMVP-VLM category. Each fine cue is
+a mark a few pixels across that a vision model sees at 64 px (version 1 used 2-4-pixel
+marks, several crowded on the object, and the reconstruction loss never learnt them), and
+there are only six marks per scene: three on the object, three in the image's corners.
 
 =========================  ============  ==============================================
-MMVP category              field         cue
+MMVP category              field         cue (64 px scene, object radius ~16 px)
 =========================  ============  ==============================================
-Orientation and Direction  direction     small arrowhead on the object: left/right/up/down
-Presence of Spec. Features hole          small see-through hole in the object: yes / no
-State and Condition        state         short crack drawn on the object: intact / cracked
-Quantity and Count         count         1-3 tally marks in the image's top-left corner
-Positional and Relational  ball_side     small dark ball left / right / above / below it
-Color and Appearance       dot_color     colour of a small dot on the object (6 colours)
+Orientation and Direction  direction     arrow in the bottom-left corner: left/right/up/down
+Presence of Spec. Features hole          see-through hole at the object's centre: yes / no
+State and Condition        state         zig-zag crack across the object: intact / cracked
+Quantity and Count         count         1-3 tally bars in the top-left corner
+Positional and Relational  ball_side     ball left / right / above / below the object
+Color and Appearance       ball_color    the ball's colour (6 colours, none an object colour)
 Structural Characteristics outline       thin vs thick dark outline of the silhouette
-Texts                      text          digit 2-9 written on the object
+Texts                      text          digit 2-9 in the top-right corner
 Viewpoint and Perspective  view          object seen close-up vs from far away (scale)
 =========================  ============  ==============================================
 
 Captions always name the kind and the background (the colour most of the time) and name
 one fine attribute only with a small probability, so a text tower learns the words while
 contrastive training barely needs them. Benchmark pairs differ in exactly one fine field.
+Nuisances (tint, pattern phase, position, size jitter) are never captioned and kept small,
+so that what the global token misses, and a reconstruction must recover, is mostly the
+fine cues.
 
 Everything is a pure function of a seed: scene ``i`` of a stream is drawn from its own
 ``random.Random`` keyed by (stream, seed, i), so a corpus of ``n`` images is a prefix of
-one of ``n + 1`` images, and reruns write byte-identical files.
+one of ``n + 1`` images, and reruns write byte-identical files. ``WORLD_VERSION`` and
+:func:`world_fingerprint` identify the generator; assets trained on it record both.
 """
 
 from __future__ import annotations
@@ -67,7 +74,13 @@ __all__ = [
     "write_corpus",
     "write_mmvp_benchmark",
     "write_probe_set",
+    "WORLD_VERSION",
+    "world_fingerprint",
 ]
+
+# Bump when anything that changes pixels, captions or scene sampling changes; the shipped
+# tiny CLIP records the version and fingerprint it was trained on (a test compares them).
+WORLD_VERSION = 2
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -86,8 +99,8 @@ KINDS: tuple[str, ...] = (
     "key",
 )
 
-# Object colours are kept apart from the dot colours so that a colour word in a caption
-# names either the object (coarse) or the dot (fine), never both.
+# Object colours are kept apart from the ball colours so that a colour word in a caption
+# names either the object (coarse) or the ball (fine), never both.
 COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 140, 40),
     "purple": (140, 70, 185),
@@ -109,16 +122,16 @@ BACKGROUNDS: tuple[str, ...] = (
     "wavy",
 )
 
-# Tints are a nuisance: never captioned, they keep the background from being a colour cue.
+# Tints are a nuisance: never captioned. Kept close to one another (version 1's differed by
+# up to 32 levels over the whole background, by far the largest share of a reconstruction
+# error the global token did not explain, so stage 2 taught the encoder tints, not cues).
 TINTS: dict[str, tuple[int, int, int]] = {
-    "cream": (246, 238, 214),
-    "pale blue": (214, 228, 246),
-    "pale green": (218, 240, 216),
-    "lavender": (232, 222, 246),
-    "light grey": (228, 228, 228),
+    "cream": (240, 236, 222),
+    "pale blue": (230, 234, 242),
+    "light grey": (232, 232, 232),
 }
 
-DOT_COLORS: dict[str, tuple[int, int, int]] = {
+BALL_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (222, 30, 30),
     "blue": (30, 80, 232),
     "green": (30, 172, 60),
@@ -134,7 +147,7 @@ FINE_ATTRIBUTES: dict[str, tuple] = {
     "state": ("intact", "cracked"),
     "count": (1, 2, 3),
     "ball_side": ("left", "right", "above", "below"),
-    "dot_color": tuple(DOT_COLORS),
+    "ball_color": tuple(BALL_COLORS),
     "outline": ("thin", "thick"),
     "text": ("2", "3", "4", "5", "6", "7", "8", "9"),
     "view": ("close-up", "far"),
@@ -147,7 +160,7 @@ MMVP_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("State and Condition", "state"),
     ("Quantity and Count", "count"),
     ("Positional and Relational Context", "ball_side"),
-    ("Color and Appearance", "dot_color"),
+    ("Color and Appearance", "ball_color"),
     ("Structural Characteristics", "outline"),
     ("Texts", "text"),
     ("Viewpoint and Perspective", "view"),
@@ -161,7 +174,7 @@ _NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 # variant, so the text side sees the same fact worded more than one way.
 _PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
     "direction": {
-        d: (f"with an arrow pointing {d}", f"whose arrow points {d}") for d in FINE_ATTRIBUTES["direction"]
+        d: (f"with an arrow pointing {d}", f"next to an arrow pointing {d}") for d in FINE_ATTRIBUTES["direction"]
     },
     "hole": {True: ("with a hole", "with a hole in it"), False: ("without a hole", "with no hole")},
     "state": {
@@ -171,7 +184,7 @@ _PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
     "count": {
         c: (
             f"with {_NUMBER_WORDS[c]} tally mark{'s' if c > 1 else ''}",
-            f"with {_NUMBER_WORDS[c]} mark{'s' if c > 1 else ''} in the corner",
+            f"with {_NUMBER_WORDS[c]} bar{'s' if c > 1 else ''} in the corner",
         )
         for c in FINE_ATTRIBUTES["count"]
     },
@@ -181,29 +194,19 @@ _PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
         "above": ("with a ball above it", "with a ball over it"),
         "below": ("with a ball below it", "with a ball under it"),
     },
-    "dot_color": {c: (f"with a {c} dot", f"with a {c} spot") for c in DOT_COLORS},
+    "ball_color": {c: (f"beside a {c} ball", f"next to a {c} ball") for c in BALL_COLORS},
     "outline": {w: (f"with a {w} outline", f"with a {w} border") for w in FINE_ATTRIBUTES["outline"]},
-    "text": {t: (f"with the number {t} on it", f"with a {t} written on it") for t in FINE_ATTRIBUTES["text"]},
+    "text": {t: (f"with the number {t} in the corner", f"with a {t} written in the corner")
+             for t in FINE_ATTRIBUTES["text"]},
     "view": {
         "close-up": ("seen up close", "in a close-up view"),
         "far": ("seen from far away", "in a distant view"),
     },
 }
 
-# Words that only fine phrases use: lets a reader of captions.jsonl tell whether (and
-# which) fine attribute a caption mentions without the sidecar. Coarse captions never
-# contain them ("dotted" is a whole word distinct from "dot").
-_FINE_WORDS: dict[str, frozenset[str]] = {
-    "direction": frozenset({"arrow"}),
-    "hole": frozenset({"hole"}),
-    "state": frozenset({"intact", "undamaged", "cracked", "broken"}),
-    "count": frozenset({"tally", "mark", "marks"}),
-    "ball_side": frozenset({"ball"}),
-    "dot_color": frozenset({"dot", "spot"}),
-    "outline": frozenset({"outline", "border"}),
-    "text": frozenset({"number", "written"}),
-    "view": frozenset({"seen", "close-up", "distant"}),
-}
+# Every fine phrase, for telling which fine attribute a caption of this world mentions
+# without the sidecar (coarse captions contain none of them).
+_PHRASE_OWNER: dict[str, str] = {ph: a for a, by_value in _PHRASES.items() for v in by_value.values() for ph in v}
 
 _COARSE_TEMPLATES: tuple[str, ...] = (
     "{obj} on a {bg} background",
@@ -215,18 +218,21 @@ _COARSE_TEMPLATES: tuple[str, ...] = (
 # ----------------------------------------------------------------------------- geometry
 #
 # Silhouettes live in a unit frame (y down, object radius 1). Every kind has a *core*
-# centre; the four on-object cue slots (dot, hole, arrow, crack at core +- _SLOT) and the
-# digit at the core lie inside every silhouette for cue_scale <= _MAX_CUE_SCALE (a test
-# checks this on the masks), so a cue never falls off its object.
+# centre; the hole (a disc at the core) and the crack (a zig-zag _CRACK_Y below it) lie
+# inside every silhouette for cue_scale <= _MAX_CUE_SCALE (a test checks this on the
+# masks), so an on-object cue never falls off its object. The other cues sit in the
+# corners or beside the object, where no object reaches.
 
-_SLOT = 0.27
-_MAX_CUE_SCALE = 1.0  # larger cues would leave the thinner silhouettes (key, triangle)
-_OBJECT_RADIUS = 0.28  # of the image side, before viewpoint / jitter
-_VIEW_SCALE = {"close-up": 1.0, "far": 0.82}
-_OUTLINE_WIDTH = {"thin": 0.05, "thick": 0.16}  # of the object radius, drawn outside
+_MAX_CUE_SCALE = 1.0  # larger on-object cues would leave the thinner silhouettes (key, triangle)
+_OBJECT_RADIUS = 0.24  # of the image side, before viewpoint / jitter: leaves the corners free
+_VIEW_SCALE = {"close-up": 1.0, "far": 0.72}
+_OUTLINE_WIDTH = {"thin": 0.04, "thick": 0.2}  # of the object radius, drawn outside
 _OUTLINE_RGB = (28, 28, 28)
-_BALL_RGB = (40, 40, 40)
-
+_HOLE_RADIUS = 0.22
+_BALL_RADIUS = 0.3
+_CRACK_Y = 0.4
+_CRACK_WIDTH = 0.12
+_CRACK = ((-0.3, -0.06), (-0.15, 0.07), (0.0, -0.06), (0.15, 0.07), (0.3, -0.06))
 
 @dataclass(frozen=True)
 class _Poly:
@@ -314,7 +320,7 @@ def _make_kinds() -> dict[str, _Kind]:
                 _Poly(((-0.92, -0.08), (0.92, -0.08), (0, -0.9))),
                 _rect(0.42, -0.78, 0.6, -0.3),
             ),
-            (0, 0.36),
+            (0, 0.3),
         ),
         "tree": (
             (
@@ -324,7 +330,7 @@ def _make_kinds() -> dict[str, _Kind]:
                 _Ellipse(0.45, -0.1, 0.4, 0.4),
                 _rect(-0.14, 0.3, 0.14, 0.92),
             ),
-            (0, -0.2),
+            (0, -0.28),
         ),
         "car": (
             (
@@ -333,7 +339,7 @@ def _make_kinds() -> dict[str, _Kind]:
                 _Ellipse(-0.55, 0.6, 0.25, 0.25),
                 _Ellipse(0.55, 0.6, 0.25, 0.25),
             ),
-            (0, 0.12),
+            (0, 0.05),
         ),
         "cup": (
             (
@@ -344,7 +350,7 @@ def _make_kinds() -> dict[str, _Kind]:
         ),
         "fish": (
             (_Ellipse(-0.18, 0, 0.74, 0.6), _Poly(((0.42, 0), (0.95, -0.5), (0.95, 0.5)))),
-            (-0.2, 0),
+            (-0.2, -0.06),
         ),
         "key": (
             (
@@ -353,7 +359,7 @@ def _make_kinds() -> dict[str, _Kind]:
                 _rect(0.58, 0.05, 0.7, 0.36),
                 _rect(0.78, 0.05, 0.9, 0.3),
             ),
-            (-0.38, 0),
+            (-0.38, -0.1),
         ),
     }
     return {k: _Kind(p, core, _extent(p)) for k, (p, core) in parts.items()}
@@ -364,7 +370,7 @@ assert tuple(_KINDS) == KINDS
 
 # ----------------------------------------------------------------------------- the scene
 
-_NUISANCE_RANGE = 3  # dx, dy in 1/64ths of the image side; scale_jitter in 2.5 % steps
+_NUISANCE_RANGE = 2  # dx, dy in 1/64ths of the image side; scale_jitter in 2.5 % steps
 
 
 @dataclass(frozen=True)
@@ -390,7 +396,7 @@ class Scene:
     state: str = "intact"
     count: int = 1
     ball_side: str = "right"
-    dot_color: str = "red"
+    ball_color: str = "red"
     outline: str = "thin"
     text: str = "3"
     view: str = "close-up"
@@ -401,10 +407,10 @@ class Scene:
             "color": tuple(COLORS),
             "background": BACKGROUNDS,
             "tint": tuple(TINTS),
-            "bg_variant": range(4),
+            "bg_variant": range(2),
             "dx": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1),
             "dy": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1),
-            "scale_jitter": range(-2, 3),
+            "scale_jitter": range(-1, 2),
             **FINE_ATTRIBUTES,
         }
         for name, allowed in checks.items():
@@ -440,7 +446,7 @@ class Scene:
     # -- language
 
     def phrase(self, attribute: str, variant: int = 0) -> str:
-        """The fine phrase for one attribute, e.g. ``"with a red dot"``; variant 0 is canonical."""
+        """The fine phrase for one attribute, e.g. ``"with a ball on its left"``; variant 0 is canonical."""
         if attribute not in _PHRASES:
             raise DataError(f"unknown fine attribute {attribute!r}; expected one of {list(FINE_ATTRIBUTES)}")
         options = _PHRASES[attribute][getattr(self, attribute)]
@@ -458,7 +464,7 @@ class Scene:
         return self._caption(rng, color_prob, None)
 
     def fine_caption(self, attribute: str, rng: random.Random | None = None, color_prob: float = 0.75) -> str:
-        """The coarse caption with one fine phrase after the object: "a teal star with a red dot on ..."."""
+        """The coarse caption with one fine phrase after the object: "a teal star beside a red ball on ..."."""
         return self._caption(rng, color_prob, attribute)
 
     def _caption(self, rng, color_prob, attribute) -> str:
@@ -499,9 +505,10 @@ def _a(noun: str) -> str:
 
 def mentioned_fine_attribute(caption: str) -> str | None:
     """Which fine attribute a caption of this world mentions, or None (coarse only)."""
-    words = set(caption.replace(",", " ").split())
-    hits = [a for a, vocab in _FINE_WORDS.items() if words & vocab]
-    return hits[0] if hits else None
+    for phrase, attribute in _PHRASE_OWNER.items():
+        if phrase in caption:
+            return attribute
+    return None
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -608,69 +615,59 @@ def _render_hi(s: Scene, side: int, cs: float = 1.0) -> Image.Image:
         _draw_part(d, part, px, r, 0.0, obj_rgb)
 
     cx, cy = kind.core
-    slot = _SLOT
 
     def disc(x, y, rad, fill, outline=None, width=0):
         (x0, y0), (x1, y1) = px(x - rad, y - rad), px(x + rad, y + rad)
         d.ellipse((x0, y0, x1, y1), fill=fill, outline=outline, width=width)
 
-    # Color and Appearance: the dot (top-left slot), ringed so a white dot still reads.
-    disc(cx - slot, cy - slot, 0.14 * cs, DOT_COLORS[s.dot_color], _OUTLINE_RGB, max(1, round(0.03 * r)))
-
-    # Presence: a see-through hole (top-right slot) shows the background behind it.
+    # Presence: a see-through hole at the core shows the background behind it.
     if s.hole:
-        hr = 0.12 * cs
-        (x0, y0), (x1, y1) = px(cx + slot - hr, cy - slot - hr), px(cx + slot + hr, cy - slot + hr)
+        hr = _HOLE_RADIUS * cs
+        (x0, y0), (x1, y1) = px(cx - hr, cy - hr), px(cx + hr, cy + hr)
         box = (int(x0), int(y0), int(math.ceil(x1)) + 1, int(math.ceil(y1)) + 1)
         mask = Image.new("L", (box[2] - box[0], box[3] - box[1]), 0)
         ImageDraw.Draw(mask).ellipse((x0 - box[0], y0 - box[1], x1 - box[0], y1 - box[1]), fill=255)
         img.paste(bg.crop(box), box, mask)
 
-    # Orientation: an arrowhead (bottom-left slot) pointing along `direction`.
-    ax, ay = cx - slot, cy + slot
-    ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[s.direction]
-    tip, back, half = 0.15 * cs, 0.11 * cs, 0.13 * cs
-    d.polygon(
-        [
-            px(ax + ux * tip, ay + uy * tip),
-            px(ax - ux * back - uy * half, ay - uy * back + ux * half),
-            px(ax - ux * back + uy * half, ay - uy * back - ux * half),
-        ],
-        fill=ink,
-    )
-
-    # State: a short zig-zag crack (bottom-right slot).
+    # State: a zig-zag crack across the object, below the hole.
     if s.state == "cracked":
-        # Starts right of the digit's box so it does not read as part of the glyph.
-        zig = [(-0.11, -0.14), (0.0, -0.04), (-0.05, 0.02), (0.08, 0.08), (0.05, 0.14)]
-        d.line(
-            [px(cx + slot + x * cs, cy + slot + y * cs) for x, y in zig],
-            fill=ink,
-            width=max(1, round(0.06 * cs * r)),
-            joint="curve",
-        )
+        d.line([px(cx + x * cs, cy + _CRACK_Y + y * cs) for x, y in _CRACK],
+               fill=ink, width=max(1, round(_CRACK_WIDTH * cs * r)), joint="curve")
 
-    # Texts: the digit at the core's centre.
-    glyph = _glyph(s.text, max(6, round(0.62 * cs * r)))
-    gx, gy = px(cx, cy)
-    img.paste(ink, (round(gx - glyph.width / 2), round(gy - glyph.height / 2)), glyph)
-
-    # Positional: the ball just outside the silhouette's extent on one side.
+    # Positional + Color: one ball just outside the silhouette's extent on one side; its
+    # colour is the Color-and-Appearance cue (one mark carries two independent attributes).
     xmin, ymin, xmax, ymax = kind.extent
-    gap = 0.19 + 0.15 * cs  # clear of the thick outline whatever the ball's size
+    gap = _OUTLINE_WIDTH["thick"] + _BALL_RADIUS * cs + 0.05  # clear of the thick outline
     bx, by = {
         "left": (xmin - gap, (ymin + ymax) / 2),
         "right": (xmax + gap, (ymin + ymax) / 2),
         "above": ((xmin + xmax) / 2, ymin - gap),
         "below": ((xmin + xmax) / 2, ymax + gap),
     }[s.ball_side]
-    disc(bx, by, 0.15 * cs, _BALL_RGB)
+    disc(bx, by, _BALL_RADIUS * cs, BALL_COLORS[s.ball_color], _OUTLINE_RGB, max(1, round(0.05 * r)))
 
-    # Quantity: tally marks in the image's top-left corner, outside any object's reach.
-    u = side / 64 * cs
+    # Corner marks, in units of 1/64 of the side (not scaled by the view: they are not on
+    # the object, and no object reaches a corner).
+    u = side / 64
+
+    # Quantity: tally bars in the top-left corner.
     for k in range(s.count):
-        x0 = 3.5 * side / 64 + k * 3.2 * u
-        d.rectangle((x0, 3.0 * side / 64, x0 + 1.6 * u, 3.0 * side / 64 + 6.0 * u), fill=_OUTLINE_RGB)
+        x0 = (3.0 + k * 4.0 * cs) * u
+        d.rectangle((x0, 3.0 * u, x0 + 2.4 * cs * u, (3.0 + 10.0 * cs) * u), fill=_OUTLINE_RGB)
+
+    # Texts: the digit in the top-right corner.
+    glyph = _glyph(s.text, max(6, round(13 * cs * u)))
+    img.paste(_OUTLINE_RGB, (round(side - 8.5 * u - glyph.width / 2), round(8.5 * u - glyph.height / 2)), glyph)
+
+    # Orientation: an arrow (shaft + head) in the bottom-left corner.
+    ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[s.direction]
+    ax, ay, a = 8.5 * u, side - 8.5 * u, 5.5 * cs * u  # centre and half-length
+
+    def at(along: float, across: float) -> tuple[float, float]:
+        return ax + ux * along * a - uy * across * a, ay + uy * along * a + ux * across * a
+
+    d.line([at(-1.0, 0.0), at(0.1, 0.0)], fill=_OUTLINE_RGB, width=max(1, round(0.4 * a)))
+    d.polygon([at(1.0, 0.0), at(0.0, 0.7), at(0.0, -0.7)], fill=_OUTLINE_RGB)
     return img
 
 
@@ -707,10 +704,10 @@ def sample_scene(rng: random.Random, **fixed) -> Scene:
         "color": rng.choice(tuple(COLORS)),
         "background": rng.choice(BACKGROUNDS),
         "tint": rng.choice(tuple(TINTS)),
-        "bg_variant": rng.randrange(4),
+        "bg_variant": rng.randrange(2),
         "dx": rng.randint(-_NUISANCE_RANGE, _NUISANCE_RANGE),
         "dy": rng.randint(-_NUISANCE_RANGE, _NUISANCE_RANGE),
-        "scale_jitter": rng.randint(-2, 2),
+        "scale_jitter": rng.randint(-1, 1),
     }
     for name, values in FINE_ATTRIBUTES.items():
         f[name] = rng.choice(values)
@@ -889,7 +886,7 @@ def write_mmvp_benchmark(
                 for scene in _bench_pair(seed, c * 1_000_000 + k, attribute):
                     qid += 1
                     statement = scene.statement(attribute)
-                    # 4:4:4 chroma: the default 4:2:0 would smear the 5-pixel colour dot.
+                    # 4:4:4 chroma: the default 4:2:0 would smear the ball's colour into its outline.
                     img = scene.render(size, cue_scale=cue_scale)
                     img.save(folder / f"{qid}.jpg", format="JPEG", quality=95, subsampling=0)
                     rows.append([qid, type_name, statement])
@@ -981,3 +978,71 @@ def make_grid(images: Sequence[Image.Image], cols: int, pad: int = 2, scale: int
             im = im.resize((w, h), Image.Resampling.NEAREST)
         sheet.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
     return sheet
+
+
+def world_fingerprint(n: int = 24) -> str:
+    """sha256 over what the generator makes of fixed seeds: pixels and captions of the first
+    ``n`` corpus scenes and one benchmark pair per category, plus ``WORLD_VERSION``.
+
+    Anything trained on the world (the shipped tiny CLIP) records this; when the generator
+    changes, the fingerprint does too, and a test says the asset must be rebuilt."""
+    h = hashlib.sha256(f"genhancer-world-v{WORLD_VERSION}".encode())
+    attrs = tuple(FINE_ATTRIBUTES)
+    for i in range(n):
+        scene, rng = _sample_open("corpus", 0, i)
+        fine = rng.choice(attrs) if rng.random() < 0.15 else None
+        h.update(scene._caption(rng, 0.75, fine).encode())
+        h.update(scene.render(64).tobytes())
+    for c, (_, attribute) in enumerate(MMVP_CATEGORIES):
+        for scene in _bench_pair(0, c * 1_000_000, attribute):
+            h.update(scene.statement(attribute).encode())
+            h.update(scene.render(64).tobytes())
+    return h.hexdigest()
+
+
+# Seed offsets of the parts, so one world seed names the whole set and no two parts share a
+# stream: `genhancer world --seed S` writes what the demo with seed S uses.
+PART_SEED_OFFSETS = {"corpus": 0, "benchmark": 1000, "probe": 2000, "coarse": 3000}
+PART_DIRS = {"corpus": "corpus", "benchmark": "mmvp", "probe": "probe", "coarse": "coarse"}
+
+
+def write_world(out_dir, seed: int, corpus: int | None = None, benchmark: bool = False,
+                probe: int | None = None, coarse: int | None = None, size: int = 64,
+                pairs_per_category: int = 15, overwrite: bool = False) -> dict[str, Path]:
+    """Any parts of the world for one seed: ``corpus/``, ``mmvp/``, ``probe/``, ``coarse/``.
+
+    ``corpus`` / ``probe`` are image counts, ``coarse`` images per class, ``benchmark`` the
+    MMVP-format pairs (``pairs_per_category`` per category). Each part uses the world seed
+    plus its offset (``PART_SEED_OFFSETS``). A part whose folder exists and is not empty is
+    refused (before anything is written) unless ``overwrite``, which replaces it.
+    Returns the folder of each part written.
+    """
+    import shutil
+
+    seed = _check_seed(seed)
+    wanted = {"corpus": corpus, "benchmark": benchmark or None, "probe": probe, "coarse": coarse}
+    for name, n in wanted.items():
+        if n is not None and name != "benchmark":
+            _check_count(n, f"--{name}", minimum=1)
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    if not wanted:
+        raise DataError("world: nothing to write; give at least one of --corpus N, --benchmark, --probe N, --coarse N")
+    out = _prepare_dir(out_dir)
+    dirs = {name: out / PART_DIRS[name] for name in wanted}
+    for name, d in dirs.items():
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            if not overwrite:
+                raise DataError(f"{d} exists and is not empty; pass --overwrite to replace it")
+    for name, d in dirs.items():
+        if d.exists():
+            shutil.rmtree(d) if d.is_dir() else d.unlink()
+        s = seed + PART_SEED_OFFSETS[name]
+        if name == "corpus":
+            write_corpus(d, wanted[name], seed=s, size=size)
+        elif name == "benchmark":
+            write_mmvp_benchmark(d, pairs_per_category, seed=s, size=size)
+        elif name == "probe":
+            write_probe_set(d, wanted[name], seed=s, size=size)
+        else:
+            write_coarse_folder(d, wanted[name], seed=s, size=size)
+    return dirs
