@@ -1,14 +1,22 @@
-"""Stage-1 cache: frozen-encoder global tokens + autoencoder latents, in sharded safetensors.
+"""Training cache: frozen-encoder global tokens + autoencoder latents (+ encoder pixels).
 
 In stage 1 the encoder and the autoencoder are frozen, so their outputs for a given
 crop never change. ``build_cache`` computes them once (optionally K random crops per
 image) and stage 1 then trains from the cache without running either network.
 
+The reconstruction target never depends on the encoder, so stage 2 / e2e need not run the
+autoencoder either: a cache built with ``pixels=True`` (``genhancer cache --with-pixels``)
+also holds each crop's encoder view as uint8, and those stages run only the encoder (with
+LoRA), projector and denoiser on it. The stored view is exactly the image path's: the
+normalised view is ``(u8 / 255 - mean) / std`` of the same crop.
+
 Layout of a cache directory::
 
-    meta.json               encoder source, dims, latent shape, kind, rows, skipped images
+    meta.json               encoder source + weights fingerprint, dims, latent shape, kind,
+                            rows, pixels (bool) and the encoder preprocessing, skipped images
     space.safetensors       latent-space buffers used when encoding (standardisation stats)
-    shard-00000.safetensors global_token[N,Dg] float, latents[N,C,h,w] float | codes[N,h,w] int64
+    shard-00000.safetensors global_token[N,Dg] float, latents[N,C,h,w] float | codes[N,h,w] int64,
+                            pixel_u8[N,3,Se,Se] uint8 (pixels=True only)
 
 Reading (``CacheSource``) shuffles shard order and rows within a shard per epoch and
 gives each rank a disjoint slice of every shard.
@@ -30,8 +38,11 @@ SHARD = "shard-{:05d}.safetensors"
 
 
 def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_per_shard: int = 4096,
-                overwrite: bool = False, progress: bool | None = None) -> dict:
-    """Encode ``cfg.data`` once per augmentation; returns the meta dict."""
+                overwrite: bool = False, progress: bool | None = None, pixels: bool = False) -> dict:
+    """Encode ``cfg.data`` once per augmentation; returns the meta dict.
+
+    ``pixels``: also store the encoder view as uint8, so that stage 2 / e2e can train from
+    the cache (see the module docstring)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -47,7 +58,7 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
     key = "codes" if enhancer.space.discrete else "latents"
 
     def write(tmp: Path) -> dict:
-        buf: dict[str, list] = {"global_token": [], key: []}
+        buf: dict[str, list] = {"global_token": [], key: [], **({"pixel_u8": []} if pixels else {})}
         shard, rows, total = 0, 0, 0
 
         def flush():
@@ -71,6 +82,8 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
                     z = enhancer.space.encode(batch["gen_pixels"].to(dev))
                 buf["global_token"].append(g.float().cpu())
                 buf[key].append(z.cpu() if enhancer.space.discrete else z.float().cpu())
+                if pixels:
+                    buf["pixel_u8"].append(to_uint8(stream.views.unnormalize(batch["pixel_values"])))
                 n = g.shape[0]
                 rows, total = rows + n, total + n
                 bar.update(n)
@@ -85,13 +98,24 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
                 "global_dim": enhancer.encoder.global_dim,
                 "tokenizer": cfg.tokenizer.kind, "gen_size": enhancer.gen_size, "kind": key,
                 "latent_shape": list(buf_shape(tmp, key)), "rows": total, "shards": shard,
-                "augmentations": augmentations, "skipped_images": stream.skipped()}
+                "augmentations": augmentations, "skipped_images": stream.skipped(),
+                "pixels": pixels, "preprocessing": _preprocessing(enhancer)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         return meta
 
     result = {}
     atomic_dir(out_dir, lambda d: result.update(write(d)), overwrite=overwrite)
     return result
+
+
+def to_uint8(unit: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> uint8; exact for views made from 8-bit images (k / 255 round-trips)."""
+    return unit.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _preprocessing(enhancer) -> dict:
+    spec = enhancer.encoder.spec
+    return {"size": spec.size, "mean": [float(m) for m in spec.mean], "std": [float(s) for s in spec.std]}
 
 
 def buf_shape(d: Path, key: str) -> tuple:
@@ -110,24 +134,54 @@ def read_meta(path: str | Path) -> dict:
 
 
 def check_cache_fits(path: str | Path, enhancer) -> None:
-    """The cache must come from this encoder and latent space; load its latent statistics."""
+    """The cache must fit this enhancer; one line naming what differs otherwise.
+
+    Stage 1 reads the cached global tokens: same encoder weights, tokenizer and size; the
+    cache's latent statistics are loaded into the space. Stage 2 / e2e read the cached
+    pixels and latents: the cache must hold pixels, with this encoder's preprocessing, and
+    latents standardised exactly as the space from ``train.init_from`` does."""
     meta = read_meta(path)
-    if meta["global_dim"] != enhancer.encoder.global_dim:
-        raise DataError(f"data.path: cache '{path}' holds {meta['global_dim']}-d global tokens, the encoder "
-                        f"gives {enhancer.encoder.global_dim}-d")
-    # Same width is not the same encoder: compare weights (caches written before this field skip it).
-    fp = meta.get("encoder_fingerprint")
-    if fp is not None and fp != enhancer.encoder.fingerprint():
-        raise DataError(f"data.path: cache '{path}' was built with another encoder ('{meta['encoder']}', weights "
-                        f"{fp}) than encoder.name_or_path gives; rebuild it with `genhancer cache`")
+    stage = enhancer.stage
     if meta["tokenizer"] != enhancer.cfg.tokenizer.kind or meta["gen_size"] != enhancer.gen_size:
         raise DataError(f"data.path: cache '{path}' was built for tokenizer '{meta['tokenizer']}' at "
                         f"{meta['gen_size']} px, the config asks for '{enhancer.cfg.tokenizer.kind}' at "
                         f"{enhancer.gen_size} px")
-    if enhancer.local_fraction > 0:
-        raise DataError("cond.local_token_fraction > 0 needs patch tokens, which the cache does not hold; "
-                        "train from images instead")
-    load_into(enhancer.space, load_weights(Path(path), "space.safetensors"), f"cache '{path}'", strict_keys=False)
+    cached_space = load_weights(Path(path), "space.safetensors")
+    if stage == "1":
+        if meta["global_dim"] != enhancer.encoder.global_dim:
+            raise DataError(f"data.path: cache '{path}' holds {meta['global_dim']}-d global tokens, the encoder "
+                            f"gives {enhancer.encoder.global_dim}-d")
+        # Same width is not the same encoder: compare weights (caches written before this field skip it).
+        fp = meta.get("encoder_fingerprint")
+        if fp is not None and fp != enhancer.encoder.fingerprint():
+            raise DataError(f"data.path: cache '{path}' was built with another encoder ('{meta['encoder']}', "
+                            f"weights {fp}) than encoder.name_or_path gives; rebuild it with `genhancer cache`")
+        if enhancer.local_fraction > 0:
+            raise DataError("cond.local_token_fraction > 0 needs patch tokens, which the cache does not hold; "
+                            "train from images instead")
+        load_into(enhancer.space, cached_space, f"cache '{path}'", strict_keys=False)
+        return
+    if not meta.get("pixels"):
+        # Cached global tokens come from the frozen encoder: LoRA would get no gradient and
+        # the "enhanced" encoder would silently equal the original.
+        raise DataError(f"data.path: cache '{path}' holds frozen-encoder tokens only, which serve stage 1; "
+                        f"stage '{stage}' needs a cache built with `genhancer cache --with-pixels`, or images")
+    want = _preprocessing(enhancer)
+    for field in ("size", "mean", "std"):
+        if meta["preprocessing"][field] != want[field]:
+            raise DataError(f"data.path: cache '{path}' holds encoder views with preprocessing {field} "
+                            f"{meta['preprocessing'][field]}, the encoder expects {want[field]}; rebuild it")
+    if stage == "e2e":  # no stage-1 run: the cache's statistics are the space's
+        load_into(enhancer.space, cached_space, f"cache '{path}'", strict_keys=False)
+        return
+    # Stage 2 keeps the space of its stage-1 run (train.init_from); cached latents
+    # standardised with other statistics would be a different target.
+    mine = enhancer.space.state_dict()
+    for k, v in cached_space.items():
+        if k in mine and not torch.allclose(mine[k].float().cpu(), v.float(), rtol=1e-5, atol=1e-6):
+            raise DataError(f"data.path: cache '{path}' standardises latents with other statistics ('{k}') "
+                            "than train.init_from's latent space; build the cache from the stage-1 run's data "
+                            "(or train stage 1 on it)")
 
 
 class CacheSource:

@@ -52,14 +52,21 @@ def _add_cache(p):
     p.add_argument("--out", required=True, help="cache directory to write")
     p.add_argument("--augmentations", "-k", type=int, default=1, help="random crops per image (default 1)")
     p.add_argument("--rows-per-shard", type=int, default=4096)
+    p.add_argument("--with-pixels", action="store_true",
+                   help="also store each crop's encoder view (uint8), so stage 2 / e2e can train from the cache")
     p.add_argument("--overwrite", action="store_true")
 
 
-@command("cache", "precompute frozen-encoder global tokens and latents for stage 1")
+@command("cache", "precompute frozen-encoder global tokens and latents (and encoder views for stage 2)")
 def cmd_cache(args) -> int:
     from genhancer.cache import build_cache
 
-    meta = build_cache(_load(args), args.out, args.augmentations, args.rows_per_shard, args.overwrite)
+    if args.augmentations < 1:
+        raise ConfigError(f"--augmentations: expected an int >= 1, got {args.augmentations}")
+    if args.rows_per_shard < 1:
+        raise ConfigError(f"--rows-per-shard: expected an int >= 1, got {args.rows_per_shard}")
+    meta = build_cache(_load(args), args.out, args.augmentations, args.rows_per_shard, args.overwrite,
+                       pixels=args.with_pixels)
     print(f"cached {meta['rows']} rows in {meta['shards']} shards -> {args.out} "
           f"(skipped images: {sum(meta['skipped_images'].values()) if meta['skipped_images'] else 0})")
     return 0

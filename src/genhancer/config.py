@@ -56,6 +56,8 @@ class ProjectorConfig:
 class CondConfig:
     # Fraction of the encoder's patch tokens also fed as condition tokens (paper ablation).
     local_token_fraction: float = _f(0.0, lo=0.0, hi=1.0)
+    shuffle: bool = _f(False, doc="control: condition each image on another image's global token "
+                                  "(the feedback then carries nothing about the image)")
 
 
 @dataclass
@@ -146,6 +148,10 @@ class TrainConfig:
     checkpoint_every: int = _f(500, lo=1)
     keep_last: int = _f(2, lo=1)
     log_every: int = _f(10, lo=1)
+    diag_data: str = _f("", doc="folder of held-out images for the condition-usage diagnostic (own vs "
+                                "shuffled condition); empty = off")
+    diag_images: int = _f(64, lo=2)
+    diag_every: int = _f(100, lo=1, doc="diagnostic every N steps (and at the first and last step)")
     max_bad_steps: int = _f(5, lo=1, doc="abort after this many non-finite losses in a row (skipped steps change nothing; the run is noticed at the next log / checkpoint step)")
 
 
@@ -279,11 +285,8 @@ def validate(cfg: Config) -> Config:
     if o.mask_ratio_min > o.mask_ratio_max:
         raise ConfigError(f"objective.mask_ratio_min: expected <= objective.mask_ratio_max "
                           f"({o.mask_ratio_max}), got {o.mask_ratio_min}")
-    if d.kind == "cache" and cfg.train.stage != "1":
-        # Cached global tokens come from the frozen encoder: LoRA would get no gradient and
-        # the "enhanced" encoder would silently equal the original.
-        raise ConfigError(f"data.kind: a cache holds frozen-encoder tokens and serves stage 1 only; "
-                          f"train.stage '{cfg.train.stage}' must read images")
+    # data.kind=cache with stage 2 / e2e needs a cache that holds the encoder's pixels
+    # (`genhancer cache --with-pixels`); checked when the cache is opened (check_cache_fits).
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas: expected two numbers, got {cfg.train.betas}")
     if (cfg.denoiser.kind == "perceiver") != (cfg.objective.kind == "masked_tokens"):

@@ -6,7 +6,9 @@
   (generative view of the same crop), or
 * cached: ``global_token[B,Dg]`` and ``latents[B,C,h,w]`` (continuous) / ``codes[B,h,w]``
   (discrete), written by ``genhancer cache`` for stage 1, so neither the encoder nor the
-  autoencoder runs.
+  autoencoder runs, or
+* cached for stage 2: ``pixel_values`` (from the cache's uint8 views) and ``latents`` /
+  ``codes``: the encoder runs (with LoRA), the autoencoder does not.
 
 Which parameters train is decided by the stage alone (``set_stage``):
 
@@ -57,6 +59,7 @@ class Enhancer(nn.Module):
         self.grid = (h // p, w // p)
         cond_dim = cfg.projector.cond_dim or denoiser_hidden_size(cfg)
         self.local_fraction = cfg.cond.local_token_fraction
+        self.shuffle_condition = cfg.cond.shuffle
         self.projector = Projector(self.encoder.global_dim, cond_dim, cfg.projector.hidden_dim,
                                    patch_dim=self.encoder.patch_dim if self.local_fraction > 0 else None)
         from genhancer.denoisers import build_denoiser
@@ -122,12 +125,23 @@ class Enhancer(nn.Module):
 
     # ------------------------------------------------------------------ loss
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        if "global_token" in batch:
-            global_token, patches = batch["global_token"], None
-            z = batch["codes"] if self.space.discrete else batch["latents"]
-        else:
+        if "pixel_values" in batch:
             global_token, patches = self.encode(batch["pixel_values"])
-            z = self.target(batch["gen_pixels"])
+        else:
+            global_token, patches = batch["global_token"], None
+        cached = "codes" if self.space.discrete else "latents"
+        z = batch[cached] if cached in batch else self.target(batch["gen_pixels"])
+        if self.shuffle_condition:
+            # The control: each image is reconstructed from another image's global token, so
+            # the feedback says nothing about the image itself (gradients still reach LoRA).
+            from genhancer.diagnostics import shuffled_global
+
+            global_token = shuffled_global(global_token)
+        return self.loss_from(global_token, patches, z, generator)
+
+    def loss_from(self, global_token: torch.Tensor, patches: torch.Tensor | None, z: torch.Tensor,
+                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The objective's loss on targets ``z`` (latents / codes) given encoder outputs."""
         cond, cond_tokens = self.condition(global_token, patches, generator)
         if self.space.discrete:
             return self.objective.loss(self.denoiser, z.flatten(1), cond, cond_tokens, generator=generator)

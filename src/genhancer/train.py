@@ -87,6 +87,11 @@ class BatchStream:
             check_cache_fits(cfg.data.path, enhancer)
             self.source = CacheSource(cfg.data.path, rank=rank, world_size=world, seed=cfg.train.seed)
             self.views = None
+            # Stage 2 / e2e run the encoder on the cached pixels; stage 1 ignores them.
+            self.encoder_views = cfg.train.stage != "1"
+            spec = enhancer.encoder.spec
+            self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
+            self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
         else:
             from genhancer.data.sources import build_source
             from genhancer.data.transforms import PairedViews
@@ -106,23 +111,35 @@ class BatchStream:
                                 seed=self.cfg.train.seed))
 
     def next(self) -> dict:
-        for _ in range(2):
+        rolled = False  # an epoch ended during this call
+        while True:
             fresh = self._it is None
             if fresh:
                 self._it = self._loader()
             try:
                 batch = next(self._it)
                 self.batches_in_epoch += 1
-                return batch
+                return self._from_cache(batch) if self.views is None else batch
             except StopIteration:
                 self._it = None
                 self.epoch, self.batches_in_epoch = self.epoch + 1, 0
-                if fresh:  # a whole pass gave nothing
+                # A fresh loader may start at the end of an epoch (resumed from a checkpoint
+                # written there): its empty remainder is not an empty dataset. A whole new
+                # epoch that gives nothing is.
+                if fresh and rolled:
                     break
+                rolled = True
         from genhancer.errors import DataError
 
         raise DataError(f"data.path: '{self.cfg.data.path}' yields no batch of {self.cfg.data.batch_size} "
                         f"for rank {self.rank} (is the dataset empty or all images unreadable?)")
+
+    def _from_cache(self, batch: dict) -> dict:
+        u8 = batch.pop("pixel_u8", None)
+        if self.encoder_views:
+            batch.pop("global_token")
+            batch["pixel_values"] = (u8.float() / 255.0 - self._mean) / self._std
+        return batch
 
     def state_dict(self) -> dict:
         if self.views is None:
@@ -363,6 +380,7 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
 
     bar = tqdm(total=t.steps, initial=start, desc=f"stage {t.stage}", unit="step", dynamic_ncols=True,
                disable=not (_progress_enabled(progress) and accelerator.is_main_process))
+    diag = _Diagnostic(cfg, enhancer, run_dir, start, accelerator.is_main_process)
     samples, t0 = 0, time.perf_counter()
     model.train()
     step = start
@@ -413,6 +431,7 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
             if accelerator.is_main_process:
                 with log_path.open("a") as f:
                     csv.writer(f).writerow([step, f"{shown:.6f}", f"{lr:.3e}", f"{gn:.4f}", f"{rate:.2f}"])
+        diag.maybe(step)
         if saving or step == t.steps:
             _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg)
     bar.close()
@@ -425,6 +444,34 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     losses_f = [v for v, bad in zip(torch.stack(losses).tolist(), torch.stack(bad_flags).tolist())
                 if not bad] if losses else []
     return TrainResult(run_dir, step, losses_f[-1] if losses_f else math.nan, losses_f, skipped, rate)
+
+
+class _Diagnostic:
+    """Condition usage (``genhancer.diagnostics``) on ``train.diag_data``, rank 0 only:
+    at the start, every ``train.diag_every`` steps and at the last step."""
+
+    def __init__(self, cfg: Config, enhancer, run_dir: Path, start: int, main: bool):
+        self.on = bool(cfg.train.diag_data) and main
+        self.every, self.last, self.seed = cfg.train.diag_every, cfg.train.steps, cfg.train.seed
+        if not self.on:
+            return
+        from genhancer.diagnostics import ConditionUsageLog, load_heldout_batch
+
+        self.enhancer = enhancer
+        self.batch = load_heldout_batch(cfg.train.diag_data, enhancer, cfg.train.diag_images)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = ConditionUsageLog(run_dir, fresh=start == 0)
+        self.log.truncate(start)
+        if start == 0:
+            self.maybe(0, force=True)
+
+    def maybe(self, step: int, force: bool = False) -> None:
+        if not self.on or not (force or step % self.every == 0 or step == self.last):
+            return
+        from genhancer.diagnostics import condition_usage
+
+        # Same noise and t at every measurement: the curve shows the model change, not the draw.
+        self.log.add(step, condition_usage(self.enhancer, self.batch, seed=self.seed))
 
 
 def _write_diagnostics(run_dir: Path, bin_sum: torch.Tensor, bin_cnt: torch.Tensor, skipped: dict) -> None:
