@@ -72,12 +72,18 @@ def test_e2e_and_uncached_configs(tmp_path):
 
 
 def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
-    demo = DemoSettings(image_size=32, corpus_images=96, probe_images=40, coarse_per_class=2, pretrain_steps=2,
-                        batch_size=4, denoiser="tiny")
-    s = AblateSettings(demo=demo, stage1_steps=2, stage2_steps=2, seeds=(0, 1), variants=("default", "end-to-end"))
+    demo = DemoSettings(image_size=32, corpus_images=96, probe_images=40, coarse_per_class=2, pretrain=True,
+                        pretrain_corpus_images=96, pretrain_steps=2, batch_size=4, denoiser="tiny", diag_every=1)
+    s = AblateSettings(demo=demo, stage1_steps=2, stage2_steps=2, seeds=(0, 1),
+                       variants=("default", "shuffled-condition", "end-to-end"))
     res = run_ablate(tmp_path / "demo", tmp_path / "ablate", s)
     rows = {r["variant"]: r for r in res["rows"]}
-    assert set(rows) == {"baseline", "default", "end-to-end"}
+    assert set(rows) == {"baseline", "default", "shuffled-condition", "end-to-end"}
+    # The control reused the default's stage 1 (same seed, same config) and shuffled in stage 2 only.
+    ctrl = tmp_path / "ablate" / "shuffled-condition" / "seed0"
+    assert not (ctrl / "stage1").exists()
+    assert "shuffle: true" in (ctrl / "stage2" / "config.yaml").read_text()
+    assert "shuffle: false" in (tmp_path / "ablate" / "default" / "seed0" / "stage1" / "config.yaml").read_text()
     for r in res["runs"]:
         for m in METRICS:
             assert 0.0 <= r[m] <= 100.0 and math.isfinite(r[m])
@@ -87,7 +93,7 @@ def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert not list(out.glob("*/seed*/stage*/checkpoints"))  # weights dropped, logs kept
     assert (out / "default" / "seed0" / "stage1" / "log.csv").is_file()
     assert (out / "ablate.png").stat().st_size > 1000
-    assert (tmp_path / "demo" / "ablation.md").read_text() == (out / "ablate.md").read_text()  # for the report
+    assert (tmp_path / "demo" / "ablation.json").read_text() == (out / "ablate.json").read_text()  # for the report
     saved = json.loads((out / "ablate.json").read_text())
     assert saved["rows"][1]["mmvp"] == pytest.approx(rows[saved["rows"][1]["variant"]]["mmvp"])
 
@@ -102,5 +108,5 @@ def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
     again = run_ablate(tmp_path / "demo", tmp_path / "ablate", s)
     assert again["runs"] == res["runs"]
     report = (tmp_path / "demo" / "report.html").read_text()  # a demo report gains the ablation table
-    assert "Ablations" in report and "| end-to-end |" in report
+    assert "Ablations" in report and "<th>end-to-end</th>" in report and "<th>shuffled-condition</th>" in report
 

@@ -50,7 +50,7 @@ def test_usage_is_positive_when_the_denoiser_reads_the_condition(tiny_clip_dir, 
     b = condition_usage(enh, batch, seed=1)
     assert a == b
     with torch.no_grad():  # make the modulation depend on cond (zero-init makes it identity)
-        for n, p in enh.denoiser.named_parameters():
+        for p in enh.denoiser.parameters():
             if p.ndim == 2:
                 p.normal_(0, 0.2)
     res = condition_usage(enh, batch, seed=1)

@@ -25,7 +25,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PIXELS = ["tokenizer.kind=pixels", "denoiser.patch_size=8"]
-CKPT_FILES = {"model.safetensors", "space.safetensors", "optimizer.pt", "rng.pt", "state.json", "config.yaml"}
+CKPT_FILES = {"model.safetensors", "space.safetensors", "optimizer.pt", "rng.safetensors", "state.json", "config.yaml"}
 N_IMAGES = 12
 
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from genhancer.demo.run import DemoSettings, demo_config, prepare_inputs, write_report
+from genhancer.demo.run import DemoSettings, demo_config, evaluate_encoder, prepare_inputs
 from genhancer.errors import ConfigError
 
 METRICS = ("mmvp", "probe", "zeroshot")
@@ -40,13 +40,17 @@ class Variant:
     name: str
     question: str                       # which of the paper's comparisons this row answers
     overrides: tuple[str, ...] = ()
+    stage2_overrides: tuple[str, ...] = ()  # stage 2 only (the control)
     e2e: bool = False                   # one joint run instead of stage 1 -> stage 2
-    cached: bool = True                 # stage 1 may read the TAEF2 cache
+    cached: bool = True                 # may read the TAEF2 cache (tokens, latents, encoder views)
     discrete: bool = False              # needs the VQ tokenizer
+    stage1_from: str | None = None      # reuse this variant's stage 1 of the same seed (identical config)
 
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("default", "reference: global token, two-stage, logit-normal, small MM-DiT"),
+    Variant("shuffled-condition", "control: stage 2 reconstructs each image from another image's global token",
+            stage2_overrides=("cond.shuffle=true",), stage1_from="default"),
     Variant("local-10", "condition: +10% local patch tokens", ("cond.local_token_fraction=0.1",), cached=False),
     Variant("local-50", "condition: +50% local patch tokens", ("cond.local_token_fraction=0.5",), cached=False),
     Variant("end-to-end", "training: one joint stage instead of two", e2e=True),
@@ -83,14 +87,7 @@ def select_variants(names: Sequence[str]) -> list[Variant]:
 
 
 def _evaluate(encoder, demo_dir: Path) -> dict:
-    from genhancer.eval.mmvp import run_mmvp
-    from genhancer.eval.probe import run_probe
-    from genhancer.eval.zeroshot import run_zeroshot
-
-    data = demo_dir / "data"
-    return {"mmvp": run_mmvp(encoder, data / "mmvp")["average_score"],
-            "probe": run_probe(encoder, data / "probe" / "labels.jsonl")["mean"],
-            "zeroshot": run_zeroshot(encoder, data / "coarse")["top1"]}
+    return evaluate_encoder(encoder, demo_dir / "data")
 
 
 def _ensure_vq(demo_dir: Path, s: AblateSettings) -> Path:
@@ -125,16 +122,25 @@ def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings)
         extra.append(f"tokenizer.name_or_path={_ensure_vq(demo_dir, s)}")
     t0 = time.perf_counter()
     if v.e2e:
-        train(demo_config(demo_dir, ds, "e2e", extra, run_dir=run_dir))
+        train(demo_config(demo_dir, ds, "e2e", extra, run_dir=run_dir, cached=v.cached))
     else:
-        train(demo_config(demo_dir, ds, "1", extra, run_dir=run_dir, cached=v.cached))
-        train(demo_config(demo_dir, ds, "2", extra, run_dir=run_dir))
+        shared = out / v.stage1_from / f"seed{seed}" / "stage1" if v.stage1_from else None
+        if shared is not None and (shared / "checkpoints").is_dir():
+            extra2 = [f"train.init_from={shared}"]
+        else:
+            train(demo_config(demo_dir, ds, "1", extra, run_dir=run_dir, cached=v.cached))
+            extra2 = []
+        train(demo_config(demo_dir, ds, "2", extra + list(v.stage2_overrides) + extra2, run_dir=run_dir,
+                          cached=v.cached))
     seconds = time.perf_counter() - t0
     metrics = {"variant": v.name, "seed": seed, **_evaluate(load_enhanced_encoder(run_dir / "stage2"), demo_dir),
                "train_seconds": round(seconds, 1)}
-    # Keep the metrics and logs, drop the weights: 24 runs of checkpoints add up.
+    # Keep the metrics and logs, drop the weights: 27 runs of checkpoints add up. A stage 1
+    # another variant reuses (the control's) stays until the ablation ends.
+    shared = {w.stage1_from for w in VARIANTS if w.stage1_from}
     for ckpts in run_dir.glob("stage*/checkpoints"):
-        shutil.rmtree(ckpts)
+        if not (v.name in shared and ckpts.parent.name == "stage1"):
+            shutil.rmtree(ckpts)
     done.write_text(json.dumps(metrics, indent=2))
     return metrics
 
@@ -236,6 +242,9 @@ def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablat
     runs = []
     for v, seed in tqdm(jobs, desc="ablate", unit="run"):
         runs.append(run_one(demo_dir, out, v, seed, s))
+    # Stage-1 weights kept for a variant that reuses them are not needed any more.
+    for ckpts in out.glob("*/seed*/stage*/checkpoints"):
+        shutil.rmtree(ckpts)
     rows = summarize(base, runs, variants)
     md = format_markdown(rows, s)
     vq_metrics = demo_dir / "vq" / "metrics.json"
@@ -243,13 +252,16 @@ def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablat
         m = json.loads(vq_metrics.read_text())
         md += (f"\ndiscrete: own VQ tokenizer ({s.vq_steps} steps on 4,096 corpus images), PSNR {m['psnr']:.1f} dB, "
                f"codebook usage {100 * m['usage']:.0f} %.")
+    note = md.split("\n\n", 1)[1] if "\n\n" in md else ""
     (out / "ablate.md").write_text(md + "\n")
-    (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2))
+    (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note}, indent=2))
     plot(rows, out / "ablate.png")
     # The demo report shows the latest ablation on its inputs.
-    shutil.copyfile(out / "ablate.md", demo_dir / "ablation.md")
+    shutil.copyfile(out / "ablate.json", demo_dir / "ablation.json")
     shutil.copyfile(out / "ablate.png", demo_dir / "ablation.png")
     if (demo_dir / "report.html").is_file():
+        from genhancer.demo.report import write_report
+
         write_report(demo_dir)
     print(md)
     return {"rows": rows, "runs": runs, "table": md}

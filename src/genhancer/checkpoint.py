@@ -2,15 +2,23 @@
 
 Layout of one checkpoint (``<run>/checkpoints/step-00000100/``)::
 
-    model.safetensors   trainable weights (projector, denoiser, LoRA adapters), names as in Enhancer
+    model.safetensors   trainable weights (projector, denoiser, LoRA adapters), names as in Enhancer;
+                        always finite (a run whose weights went nan / inf writes no checkpoint)
     space.safetensors   latent-space buffers (e.g. TAEF2 standardisation statistics)
-    optimizer.pt        optimizer + scheduler state     (torch.load(weights_only=True))
-    rng.pt              python / numpy / torch RNG states
+    optimizer.pt        optimizer + scheduler state: tensors and plain values only, read with
+                        torch.load(weights_only=True); anything else in it is refused
+    rng.safetensors     torch / python / numpy RNG states as integer tensors (+ JSON metadata)
     state.json          step, data position, loss history tail
     config.yaml         the resolved config of the run
 
+Nothing is unpickled on resume, so a checkpoint from someone else cannot run code. (A
+checkpoint from before rng.safetensors has a pickled ``rng.pt``: it is not read.)
+
 A crash while writing leaves only a ``.tmp-*`` directory behind, never a half-written
-checkpoint under a real name, and earlier checkpoints are untouched.
+checkpoint under a real name, and earlier checkpoints are untouched. Pruning renames a
+checkpoint to ``.pruned-*`` before deleting it, so a ``step-*`` directory is always
+complete. ``train`` removes such leftovers of its own run at start
+(:func:`remove_stale`).
 """
 
 from __future__ import annotations
@@ -77,9 +85,34 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+STALE_PREFIXES = (".tmp-step-", ".old-step-", ".pruned-step-")
+
+
 def prune(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` latest checkpoints; each is renamed out of the
+    ``step-*`` namespace first, so a kill mid-delete never leaves a partial ``step-*``."""
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        doomed = old.with_name(f".pruned-{old.name}-{os.getpid()}")
+        try:
+            os.replace(old, doomed)
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_stale(run_dir: Path) -> int:
+    """Remove what interrupted checkpoint writes and prunes left in ``run_dir/checkpoints``
+    (``.tmp-step-*``, ``.old-step-*``, ``.pruned-step-*``: never valid checkpoints);
+    returns how many were removed."""
+    ck = Path(run_dir) / "checkpoints"
+    if not ck.is_dir():
+        return 0
+    n = 0
+    for p in sorted(ck.iterdir()):
+        if p.name.startswith(STALE_PREFIXES) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            n += not p.exists()
+    return n
 
 
 def read_state(ckpt: Path) -> dict:

@@ -21,6 +21,20 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
+def _at_least(flag: str, value, minimum: int = 1) -> None:
+    """An int option (``None``: not given) must be >= ``minimum``."""
+    if value is not None and value < minimum:
+        raise ConfigError(f"{flag}: expected an int >= {minimum}, got {value}")
+
+
+def _check_out_dir(out) -> None:
+    """An output directory option may not name an existing file."""
+    from pathlib import Path
+
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out: '{out}' is a file, not a directory")
+
+
 # ----------------------------------------------------------------------------- train
 
 def _add_train(p):
@@ -61,10 +75,9 @@ def _add_cache(p):
 def cmd_cache(args) -> int:
     from genhancer.cache import build_cache
 
-    if args.augmentations < 1:
-        raise ConfigError(f"--augmentations: expected an int >= 1, got {args.augmentations}")
-    if args.rows_per_shard < 1:
-        raise ConfigError(f"--rows-per-shard: expected an int >= 1, got {args.rows_per_shard}")
+    _at_least("--augmentations", args.augmentations)
+    _at_least("--rows-per-shard", args.rows_per_shard)
+    _check_out_dir(args.out)
     meta = build_cache(_load(args), args.out, args.augmentations, args.rows_per_shard, args.overwrite,
                        pixels=args.with_pixels)
     print(f"cached {meta['rows']} rows in {meta['shards']} shards -> {args.out} "
@@ -88,10 +101,22 @@ def _add_sample(p):
 
 @command("sample", "reconstruct images from their global token alone; writes a PNG grid")
 def cmd_sample(args) -> int:
+    from pathlib import Path
+
     from genhancer.sample import sample_grid
 
+    for flag, v in (("--seeds", args.seeds), ("--steps", args.steps), ("--max-images", args.max_images)):
+        _at_least(flag, v)
+    target = Path(args.out)
+    if target.is_dir():
+        raise ConfigError(f"--out: '{target}' is a directory; expected the path of the PNG grid to write")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ConfigError(f"--out: '{target.parent}' is a file, not a directory")
+    created = not target.parent.exists()
     out = sample_grid(args.checkpoint, args.images, args.out, seeds=args.seeds, steps=args.steps,
                       max_images=args.max_images)
+    if created:
+        print(f"created directory {target.parent}")
     print(f"wrote {out}")
     return 0
 
@@ -124,6 +149,8 @@ def _add_eval(p):
     pr = sub.add_parser("probe", help="linear probes of labelled attributes on the frozen global token")
     pr.add_argument("--model", required=True)
     pr.add_argument("--data", required=True, help="labels.jsonl with 'image' and 'label_ids' per row")
+    pr.add_argument("--features", choices=("global", "patches"), default="global",
+                    help="probe the global token (default) or the flattened patch tokens")
     c = sub.add_parser("compare", help="before / after table with paired uncertainty and a report")
     c.add_argument("--before", required=True)
     c.add_argument("--after", required=True)
@@ -143,6 +170,8 @@ def cmd_eval(args) -> int:
     from genhancer.errors import DataError
 
     k, out = args.eval_kind, args.out
+    _at_least("--batch-size", args.batch_size)
+    _check_out_dir(out)
     if k == "compare":
         if not (args.mmvp or args.zeroshot or args.retrieval):
             raise DataError("eval compare: give at least one of --mmvp, --zeroshot, --retrieval")
@@ -166,7 +195,8 @@ def cmd_eval(args) -> int:
     else:
         from genhancer.eval.probe import run_probe
 
-        res = run_probe(args.model, args.data, out, batch_size=args.batch_size, device=args.device)
+        res = run_probe(args.model, args.data, out, batch_size=args.batch_size, device=args.device,
+                        features=args.features)
         for a, acc in res["per_attribute"].items():
             print(f"  {a:<16} {acc:5.1f}")
         print(f"mean probe accuracy {res['mean']:.1f}  -> {out}")
@@ -182,13 +212,20 @@ def _add_demo(p):
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--fresh", action="store_true", help="rebuild everything instead of reusing earlier steps")
     p.add_argument("--quick", action="store_true", help="a much smaller run (about 2 minutes) to check the setup")
+    p.add_argument("--pretrain", action="store_true",
+                   help="pretrain the tiny CLIP from scratch (about an hour on 2 cores) instead of installing "
+                        "the shipped one")
 
 
-@command("demo", "the embedded default: synthetic data, tiny CLIP, stage 1 + 2, before/after report")
+@command("demo", "the embedded default: synthetic data, tiny CLIP, stage 1 + 2 + control, before/after report")
 def cmd_demo(args) -> int:
+    from dataclasses import replace
+
     from genhancer.demo.run import QUICK_DEMO, DemoSettings, run_demo
 
-    run_demo(args.out, QUICK_DEMO if args.quick else DemoSettings(), fresh=args.fresh)
+    _check_out_dir(args.out)
+    settings = QUICK_DEMO if args.quick else DemoSettings()
+    run_demo(args.out, replace(settings, pretrain=args.pretrain), fresh=args.fresh)
     return 0
 
 
@@ -330,7 +367,12 @@ def _add_pretrain(p):
 def cmd_pretrain(args) -> int:
     from genhancer.demo.pretrain import DEFAULT_STEPS, pretrain_clip
 
-    m = pretrain_clip(args.corpus, args.out, steps=args.steps or DEFAULT_STEPS, batch_size=args.batch_size,
+    _at_least("--steps", args.steps)
+    _at_least("--batch-size", args.batch_size, 2)  # a contrastive batch needs negatives
+    _at_least("--image-size", args.image_size)
+    _check_out_dir(args.out)
+    m = pretrain_clip(args.corpus, args.out, steps=DEFAULT_STEPS if args.steps is None else args.steps,
+                      batch_size=args.batch_size,
                       image_size=args.image_size, seed=args.seed, overwrite=args.overwrite)
     print(dump({k: v for k, v in m.items() if not isinstance(v, (list, dict))}))
     return 0

@@ -9,13 +9,14 @@ the previous one:
 3. ``section.field=value`` overrides from the command line (values parsed as YAML).
 
 Every field is checked against its annotated type and, where given, its range or
-choices. Problems raise :class:`~genhancer.errors.ConfigError` with one line naming the
+choices; a float field (or list element) must be a finite number. Problems raise :class:`~genhancer.errors.ConfigError` with one line naming the
 field and what was expected, which the CLI turns into exit code 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -192,6 +193,10 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+class _NonFinite(ConfigError):
+    """A number that is nan or infinite: no config field accepts one."""
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check ``value`` against annotation ``tp``; allow int -> float and str digits for str stage."""
     origin = typing.get_origin(tp)
@@ -199,6 +204,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, where)
+            except _NonFinite:
+                raise  # the truer message than "expected float or null"
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
@@ -220,14 +227,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads `1e-3` (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads `1e-3` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(number):
+            # No field means anything by nan or inf (.inf, .nan, "nan", "1e999" all land here).
+            raise _NonFinite(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

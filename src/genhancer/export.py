@@ -40,11 +40,21 @@ def load_enhanced_encoder(checkpoint: str | Path) -> VisionLanguageEncoder:
     return encoder.eval()
 
 
+def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Where an export may go: a new or empty directory, or a non-empty one with ``overwrite``;
+    never an existing file (not even with ``overwrite``)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise GenHancerError(f"output directory '{out}' is a file; expected a directory to write the "
+                             "checkpoint into (a new or empty one, or pass --overwrite for a non-empty one)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise GenHancerError(f"output directory '{out}' is not empty; pass --overwrite to replace it")
+    return out
+
+
 def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_only: bool = False,
                  overwrite: bool = False) -> Path:
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise GenHancerError(f"output directory '{out}' is not empty; pass --overwrite to replace it")
+    out = check_out_dir(out_dir, overwrite)
 
     def write(tmp: Path) -> None:
         if vision_only:
@@ -71,4 +81,5 @@ def _vision_model(encoder: VisionLanguageEncoder):
 
 def export(checkpoint: str | Path, out_dir: str | Path, vision_only: bool = False,
            overwrite: bool = False) -> Path:
+    check_out_dir(out_dir, overwrite)  # before the model is loaded: fail fast
     return save_encoder(load_enhanced_encoder(checkpoint), out_dir, vision_only, overwrite)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -35,6 +36,7 @@ from genhancer.checkpoint import (
     load_weights,
     prune,
     read_state,
+    remove_stale,
     resolve_checkpoint,
     save_space_state,
 )
@@ -208,17 +210,102 @@ def build_optimizer(cfg: Config, params):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+RNG_FILE = "rng.safetensors"
+
+
+def _rng_tensors() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """python / numpy / torch RNG states as integer tensors + JSON metadata: no pickle."""
+    py_version, py_words, py_gauss = random.getstate()
+    np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    tensors = {"torch": torch.get_rng_state(), "python": torch.tensor(py_words, dtype=torch.int64),
+               "numpy": torch.from_numpy(np.asarray(np_keys, dtype=np.int64))}
+    meta = {"python_version": py_version, "python_gauss": py_gauss, "numpy_kind": np_kind,
+            "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss), "numpy_cached": float(np_cached)}
+    return tensors, {"rng": json.dumps(meta)}
+
+
+def _set_rng(ckpt: Path) -> None:
+    from safetensors import safe_open
+
+    f = ckpt / RNG_FILE
+    if not f.is_file():
+        if (ckpt / "rng.pt").is_file():  # written before rng.safetensors; a pickle: never read
+            print(f"warning: checkpoint '{ckpt}' keeps its RNG states in a pickled rng.pt (an older format), "
+                  "which is not read: python / numpy RNGs continue from the run's seed (torch is re-seeded "
+                  "every step)", file=sys.stderr)
+            return
+        raise CheckpointError(f"checkpoint '{ckpt}' has no {RNG_FILE}")
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            meta = json.loads((sf.metadata() or {})["rng"])
+            t = {k: sf.get_tensor(k) for k in sf.keys()}
+        random.setstate((meta["python_version"], tuple(t["python"].tolist()), meta["python_gauss"]))
+        np.random.set_state((meta["numpy_kind"], t["numpy"].numpy().astype(np.uint32), meta["numpy_pos"],
+                             meta["numpy_has_gauss"], meta["numpy_cached"]))
+        torch.set_rng_state(t["torch"])
+    except Exception as e:
+        raise CheckpointError(f"'{f}' is not a readable RNG state file: "
+                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+
+
+def _load_optimizer_state(ckpt: Path) -> dict:
+    """``optimizer.pt`` read with ``weights_only=True``: a pickled object in it is refused."""
+    import pickle
+    import re
+
+    f = ckpt / "optimizer.pt"
+    if not f.is_file():
+        raise CheckpointError(f"checkpoint '{ckpt}' has no optimizer.pt")
+    try:
+        state = torch.load(f, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"checkpoint '{ckpt}': optimizer.pt holds a pickled object{what}, not only tensors "
+                              "and plain values; refused, since loading it could run code (resume only "
+                              "checkpoints you trust)") from None
+    except Exception as e:
+        raise CheckpointError(f"checkpoint '{ckpt}': optimizer.pt is not a readable optimizer state: "
+                              f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    if not isinstance(state, dict) or not {"optimizer", "scheduler"} <= set(state):
+        raise CheckpointError(f"checkpoint '{ckpt}': optimizer.pt holds no optimizer and scheduler state")
+    return state
+
+
+class _NonFiniteWeights(GenHancerError):
+    """The weights hold nan / inf: no checkpoint is written (``what`` says so, for the abort message)."""
+
+    def __init__(self, step: int, what: str):
+        self.what = what
+        super().__init__(f"step {step}: {what} (lower train.lr or check the data)")
+
+
+def _non_finite_weight(enhancer) -> str | None:
+    """The name of a trainable weight holding nan / inf, else None (one host read)."""
+    state = enhancer.trainable_state_dict()
+    if not state:
+        return None
+    finite = torch.stack([torch.isfinite(v).all() for v in state.values()])
+    if bool(finite.all()):
+        return None
+    return list(state)[int((~finite).nonzero()[0, 0])]
+
+
 def _save_checkpoint(run_dir: Path, step: int, enhancer, opt, sched, stream: BatchStream, history: dict,
                      cfg: Config) -> Path:
     from safetensors.torch import save_file
 
+    weights = {k: v.contiguous().cpu() for k, v in enhancer.trainable_state_dict().items()}
+    bad = next((k for k, v in weights.items() if not torch.isfinite(v).all()), None)
+    if bad is not None:  # _checkpoint checks first, on every rank; this keeps the promise for any caller
+        raise _NonFiniteWeights(step, _no_checkpoint_note(run_dir, bad))
+
     def write(d: Path) -> None:
-        save_file({k: v.contiguous().cpu() for k, v in enhancer.trainable_state_dict().items()},
-                  str(d / "model.safetensors"))
+        save_file(weights, str(d / "model.safetensors"))
         save_space_state(enhancer.space, d / "space.safetensors")
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, d / "optimizer.pt")
-        torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state()}, d / "rng.pt")
+        rng, meta = _rng_tensors()
+        save_file(rng, str(d / RNG_FILE), metadata=meta)
         (d / "state.json").write_text(json.dumps({"step": step, "data": stream.state_dict(), **history}))
         cfg.save(d / "config.yaml")
 
@@ -227,10 +314,27 @@ def _save_checkpoint(run_dir: Path, step: int, enhancer, opt, sched, stream: Bat
     return out
 
 
+def _no_checkpoint_note(run_dir: Path, weight: str | None) -> str:
+    found = list_checkpoints(run_dir)
+    last = f"the last finite one is '{found[-1]}'" if found else "none was written before"
+    named = f" (e.g. '{weight}')" if weight else " (on another rank)"
+    return f"the weights are not finite{named}, so no checkpoint was written; {last}"
+
+
 def _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg) -> None:
-    """Every rank hands in its own data position; rank 0 writes the checkpoint."""
+    """Every rank hands in its own data position; rank 0 writes the checkpoint.
+
+    Weights that went nan / inf are never written: every rank checks (the verdict is
+    shared, so all raise together) and :class:`_NonFiniteWeights` is raised instead."""
     from accelerate.utils import gather_object
 
+    bad = _non_finite_weight(accelerator.unwrap_model(model))
+    any_bad = bad is not None
+    if accelerator.num_processes > 1:
+        flag = torch.tensor([float(any_bad)], device=accelerator.device)
+        any_bad = bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+    if any_bad:
+        raise _NonFiniteWeights(step, _no_checkpoint_note(run_dir, bad))
     mine = [json.dumps(stream.state_dict())]
     ranks = gather_object(mine) if accelerator.num_processes > 1 else mine
     if accelerator.is_main_process:
@@ -240,21 +344,23 @@ def _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, 
 
 
 def _load_checkpoint(ckpt: Path, enhancer, opt, sched, stream: BatchStream, rank: int = 0) -> dict:
+    """Weights, optimizer, scheduler, RNG and data position of ``ckpt``; nothing is unpickled."""
     load_into(enhancer, load_weights(ckpt), f"checkpoint '{ckpt}'")
     load_into(enhancer.space, load_weights(ckpt, "space.safetensors"), f"checkpoint '{ckpt}' (space)",
               strict_keys=False)
-    state = torch.load(ckpt / "optimizer.pt", weights_only=False)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    rng = torch.load(ckpt / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
+    state = _load_optimizer_state(ckpt)
+    try:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint '{ckpt}': its optimizer state does not fit this run "
+                              f"({(str(e).splitlines() or [type(e).__name__])[0]}); was it trained with "
+                              "another config?") from None
+    _set_rng(ckpt)
     st = read_state(ckpt)
     per_rank = st.get("data_per_rank") or []
     stream.load_state_dict(per_rank[rank] if rank < len(per_rank) else st["data"])
     return st
-
 
 
 class _NonFiniteGuard:
@@ -333,12 +439,15 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     enhancer = build_for_training(cfg)
     stream = BatchStream(cfg, enhancer, rank, world)
 
+    _check_batch_fits(stream, cfg, accelerator.is_main_process)
+
     ckpt = None
     if resume:
         ckpt = resolve_checkpoint(run_dir if resume is True else resume)
         old = load_checkpoint_config(ckpt)
         if old.to_dict()["denoiser"] != cfg.to_dict()["denoiser"]:
             raise CheckpointError(f"--resume: checkpoint '{ckpt}' was trained with another denoiser config")
+        _refuse_newer_checkpoints(ckpt, run_dir)
     elif list_checkpoints(run_dir):
         raise GenHancerError(f"train.output_dir '{run_dir}' already holds checkpoints; pass --resume to continue "
                              "or choose another output_dir")
@@ -361,12 +470,15 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     model, opt = accelerator.prepare(enhancer, opt)
     dev = accelerator.device
 
+    log_path = run_dir / "log.csv"
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        removed = remove_stale(run_dir)
+        if removed:
+            print(f"removed {removed} stale temporary checkpoint director{'y' if removed == 1 else 'ies'} "
+                  f"from '{run_dir / 'checkpoints'}' (left by an interrupted write or prune)")
         cfg.save(run_dir / "config.yaml")
-    log_path = run_dir / "log.csv"
-    if accelerator.is_main_process and start == 0:
-        log_path.write_text("step,loss,lr,grad_norm,samples_per_s\n")
+        _start_log(log_path, start)
     # Loss sums, t-bins, per-step losses and the non-finite-step counters stay on the device;
     # the host reads them only at log / checkpoint steps and at the end, so a step has no
     # host-device sync: a non-finite step is skipped by the fused optimizer itself.
@@ -417,9 +529,13 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
         if logging or saving:
             history["bad_steps"] = guard.check(step)  # the host reads the counters here
             if guard.tripped:
-                _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg)
+                what = f"a checkpoint was written ('{run_dir / 'checkpoints' / f'step-{step:08d}'}')"
+                try:
+                    _checkpoint(accelerator, run_dir, step, model, opt, sched, stream, history, cfg)
+                except _NonFiniteWeights as e:
+                    what = e.what
                 raise GenHancerError(f"aborted at step {step}: {guard.longest_run} non-finite losses in a row "
-                                     "(lower train.lr or check the data); a checkpoint was written")
+                                     f"(lower train.lr or check the data); {what}")
         if logging:
             rate = samples / max(time.perf_counter() - t0, 1e-9)
             gn = float(grad_norm) if grad_norm is not None else float("nan")
@@ -444,6 +560,50 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     losses_f = [v for v, bad in zip(torch.stack(losses).tolist(), torch.stack(bad_flags).tolist())
                 if not bad] if losses else []
     return TrainResult(run_dir, step, losses_f[-1] if losses_f else math.nan, losses_f, skipped, rate)
+
+
+LOG_HEADER = "step,loss,lr,grad_norm,samples_per_s\n"
+
+
+def _start_log(log_path: Path, start: int) -> None:
+    """A fresh ``log.csv`` at step 0; on resume, the log cut back to the checkpoint's step
+    (rows a killed run logged after its last checkpoint are logged again by this one)."""
+    if start == 0 or not log_path.is_file():
+        log_path.write_text(LOG_HEADER)
+        return
+    kept = [LOG_HEADER]
+    for line in log_path.read_text().splitlines()[1:]:
+        head = line.split(",", 1)[0]
+        if head.isdigit() and int(head) <= start and line.count(",") == LOG_HEADER.count(","):
+            kept.append(line + "\n")
+    tmp = log_path.with_name(f".{log_path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log_path)
+
+
+def _refuse_newer_checkpoints(ckpt: Path, run_dir: Path) -> None:
+    """Resuming an older checkpoint would meet (and overwrite) the newer ones of the same
+    output_dir: refused before anything runs."""
+    step = int(read_state(ckpt).get("step", 0))
+    newer = [c for c in list_checkpoints(run_dir)
+             if int(c.name[len("step-"):]) > step and c.resolve() != Path(ckpt).resolve()]
+    if newer:
+        names = ", ".join(c.name for c in newer)
+        raise CheckpointError(f"--resume: '{ckpt}' is at step {step} but train.output_dir '{run_dir}' holds newer "
+                              f"checkpoint(s) {names}; delete them to continue from step {step} here, or set "
+                              "train.output_dir to another directory to branch from it")
+
+
+def _check_batch_fits(stream: BatchStream, cfg: Config, main: bool) -> None:
+    """Warn when one batch is more than the data this rank reads per epoch: every step
+    then trains on the same partial batch, smaller than data.batch_size."""
+    n = getattr(stream.source, "rank_length", None)
+    if not main or stream.views is None or n is None:
+        return
+    n, bs = n(), cfg.data.batch_size
+    if 0 < n < bs:
+        print(f"warning: data.batch_size {bs} is more than the {n} images rank {stream.rank} reads per epoch "
+              f"from '{cfg.data.path}': every step trains on one partial batch of at most {n}", file=sys.stderr)
 
 
 class _Diagnostic:

@@ -28,6 +28,7 @@ TRUNCATED = "truncated"
 ZERO_BYTE = "zero-byte"
 TOO_LARGE = "too-large"
 MISSING = "missing"
+UNREADABLE = "unreadable"  # the path exists but cannot be opened (a symlink loop, no permission)
 
 # JPEG's DCT decoder can shrink by these factors while decoding (``Image.draft``), so a
 # huge photo is decoded small instead of being refused.
@@ -77,7 +78,8 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = 64_000_000,
 
     Raises:
         BadImage: reason ``zero-byte``, ``corrupt`` (not an image PIL can identify or
-            decode), ``truncated``, ``too-large`` or ``missing`` (no such file).
+            decode), ``truncated``, ``too-large``, ``missing`` (no such file, a broken link)
+            or ``unreadable`` (a link that loops, no permission).
     """
     label = _name_of(source, name)
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -90,6 +92,8 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = 64_000_000,
             size = path.stat().st_size
         except FileNotFoundError:
             raise BadImage(label, MISSING, "no such file") from None
+        except OSError as e:  # a symlink loop (ELOOP), a name too long, no permission
+            raise BadImage(label, UNREADABLE, e.strerror or type(e).__name__) from None
         if size == 0:
             raise BadImage(label, ZERO_BYTE)
         fp = path

@@ -41,7 +41,7 @@ state moves to ``(epoch + 1, 0)``, so ``while True: for batch in loader: ...`` w
 epochs with a fresh shuffle each. ``set_epoch(e)`` jumps to the start of epoch ``e``
 (a no-op when ``e`` is the current epoch, so it does not undo a resume).
 
-Bad images (corrupt, truncated, zero-byte, too large, missing) are skipped and counted in
+Bad images (corrupt, truncated, zero-byte, too large, missing, unreadable) are skipped and counted in
 ``source.skipped`` (a :class:`~genhancer.data.images.SkipCounter`), never fatal.
 """
 
@@ -260,6 +260,8 @@ class FolderSource(IndexedSource):
     """Every image under ``root`` (recursive); caption from a sibling ``<stem>.txt``.
 
     Keys are paths relative to ``root`` (posix). Hidden files and folders are ignored.
+    Directory links are followed once per real folder (loops and duplicates are cut); a
+    file link that is broken or loops is listed, then skipped (``missing`` / ``unreadable``).
     """
 
     kind = "folder"
@@ -273,9 +275,18 @@ class FolderSource(IndexedSource):
             raise DataError(f"data.path: '{root}' is not a directory "
                             f"(data.kind=folder expects a folder of images)")
         rel, captioned = [], []
+        # Directory links are followed, but never into a folder already listed (a link to
+        # a parent or to itself would loop; a link to a sibling would list it twice).
+        visited = {os.path.realpath(root)}
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             # sorted in place so the listing, hence the permutation, is the same everywhere
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            keep = []
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real not in visited:
+                    visited.add(real)
+                    keep.append(d)
+            dirnames[:] = keep
             names = set(filenames)
             base = Path(dirpath).relative_to(root)
             for f in sorted(filenames):
@@ -323,6 +334,9 @@ class _TableSource(IndexedSource):
                  text_required: bool = False, **kw):
         super().__init__(file, **kw)
         file = Path(file)
+        if file.is_dir():
+            raise DataError(f"data.path: '{file}' is a directory; data.kind={self.kind} expects a "
+                            f"{self.kind.upper()} file")
         if not file.is_file():
             raise _missing(file)
         rows = self._read(file, image_column, text_column, text_required)

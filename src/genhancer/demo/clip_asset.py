@@ -72,3 +72,43 @@ def install_clip(dest: Path, asset_dir: Path = ASSET_DIR) -> dict:
     shutil.copytree(asset_dir, tmp)
     tmp.rename(dest)
     return meta
+
+
+# Files of a `pretrain-clip` output that the asset ships (the training log stays out).
+_SHIPPED = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+            "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json", "pretrain_metrics.json")
+
+
+def build_asset(clip_dir: Path, eval_dir: Path, command: list[str], asset_dir: Path = ASSET_DIR) -> dict:
+    """Replace the shipped asset with ``clip_dir`` (a ``pretrain-clip`` output), measured on
+    the world parts in ``eval_dir`` (``genhancer world --seed 0 --benchmark --probe N
+    --coarse N``): zero-shot, probes on the global and the patch tokens, MMVP-format."""
+    from genhancer.demo.run import evaluate_encoder
+    from genhancer.demo.world import WORLD_VERSION, world_fingerprint
+
+    clip_dir, eval_dir = Path(clip_dir), Path(eval_dir)
+    metrics = evaluate_encoder(str(clip_dir), eval_dir, patches=True)
+    pre = json.loads((clip_dir / "pretrain_metrics.json").read_text())
+    if asset_dir.exists():
+        shutil.rmtree(asset_dir)
+    asset_dir.mkdir(parents=True)
+    for name in _SHIPPED:
+        if (clip_dir / name).is_file():
+            shutil.copy2(clip_dir / name, asset_dir / name)
+    meta = {"what": "tiny CLIP pretrained contrastively on the genhancer demo world",
+            "command": command, "seed": pre.get("seed", 0), "world_version": WORLD_VERSION,
+            "world_fingerprint": world_fingerprint(),
+            "eval": f"genhancer world --seed 0 parts in {eval_dir.name}/ (benchmark, probe, coarse)",
+            "metrics": metrics, "pretrain": {k: v for k, v in pre.items() if not isinstance(v, (list, dict))}}
+    (asset_dir / META).write_text(json.dumps(meta, indent=1) + "\n")
+    write_sums(asset_dir)
+    return meta
+
+
+if __name__ == "__main__":  # python -m genhancer.demo.clip_asset CLIP_DIR EVAL_DIR -- COMMAND...
+    import sys
+
+    args = sys.argv[1:]
+    sep = args.index("--")
+    m = build_asset(Path(args[0]), Path(args[1]), args[sep + 1:])
+    print(json.dumps({k: m["metrics"][k] for k in ("zeroshot", "probe", "probe_patches", "mmvp")}, indent=1))

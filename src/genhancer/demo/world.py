@@ -1029,7 +1029,7 @@ def write_world(out_dir, seed: int, corpus: int | None = None, benchmark: bool =
         raise DataError("world: nothing to write; give at least one of --corpus N, --benchmark, --probe N, --coarse N")
     out = _prepare_dir(out_dir)
     dirs = {name: out / PART_DIRS[name] for name in wanted}
-    for name, d in dirs.items():
+    for d in dirs.values():
         if d.exists() and (not d.is_dir() or any(d.iterdir())):
             if not overwrite:
                 raise DataError(f"{d} exists and is not empty; pass --overwrite to replace it")

@@ -96,8 +96,12 @@ def _decode(encoder, path: Path):
 
 @torch.inference_mode()
 def encode_images(encoder, paths: Sequence[Path], batch_size: int, device: torch.device,
-                  strict: bool = True, desc: str = "images", readers: int = 2) -> tuple[torch.Tensor | None, dict[int, str]]:
+                  strict: bool = True, desc: str = "images", readers: int = 2,
+                  features: str = "global") -> tuple[torch.Tensor | None, dict[int, str]]:
     """Encode every path once -> (global embeddings [N_ok, D] in path order, {index: problem}).
+
+    ``features="patches"`` returns the vision tower's patch tokens instead, flattened to
+    ``[N_ok, N_patches * Dv]`` (what the encoder *sees*, for probes of where information is).
 
     Unreadable images raise ``DataError`` naming the file when ``strict``; otherwise they
     are left out of the embedding matrix and reported in the returned dict. Embeddings of
@@ -142,8 +146,8 @@ def encode_images(encoder, paths: Sequence[Path], batch_size: int, device: torch
             if not arrays:
                 continue
             pixels = encoder.normalize(torch.from_numpy(np.stack(arrays))).to(device=device, dtype=dtype)
-            global_emb, _ = encoder.encode_image(pixels)
-            chunks.append(global_emb.float())
+            global_emb, patches = encoder.encode_image(pixels)
+            chunks.append(global_emb.float() if features == "global" else patches.flatten(1).float())
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

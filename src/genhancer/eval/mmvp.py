@@ -23,6 +23,7 @@ The protocol (matching ``evaluation/evaluate_mmvp_*.py`` upstream):
 from __future__ import annotations
 
 import csv
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,9 @@ def correct_position(qid: int) -> int:
 def read_questions(data_dir: str | Path) -> list[Question]:
     """Read ``Questions.csv`` with one-line ``DataError``s for every way it can be wrong."""
     path = Path(data_dir) / QUESTIONS_FILE
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise DataError(f"MMVP-VLM data '{data_dir}' is a file; expected the directory holding "
+                        f"{QUESTIONS_FILE} and '{IMAGES_DIR}/'")
     if not Path(data_dir).is_dir():
         raise DataError(f"MMVP-VLM directory '{data_dir}' does not exist")
     if not path.is_file():
@@ -177,6 +181,20 @@ def category_scores(records: list[dict[str, Any]]) -> tuple[dict[str, float | No
     return scores, counts, average
 
 
+SKIPPED_SHOWN = 20
+
+
+def _report_skipped(skipped: list[dict[str, Any]], scored: int, in_file: int) -> None:
+    """On stderr: how many pairs were scored and, per skipped pair, why (the first
+    ``SKIPPED_SHOWN``; all of them are in ``mmvp_summary.json``)."""
+    print(f"MMVP-VLM: scored {scored} of {in_file} pairs; skipped {len(skipped)}:", file=sys.stderr)
+    for s in skipped[:SKIPPED_SHOWN]:
+        print(f"  pair {s['pair']} (qids {s['qid1']}, {s['qid2']}): {s['reason']}", file=sys.stderr)
+    if len(skipped) > SKIPPED_SHOWN:
+        print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more (all listed under 'skipped' in mmvp_summary.json)",
+              file=sys.stderr)
+
+
 def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, batch_size: int = 32,
              allow_partial: bool = False, device: str | torch.device | None = None,
              plot: bool = True) -> dict[str, Any]:
@@ -241,6 +259,8 @@ def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, ba
     records = score_pairs(scorable, logits, image_index, text_index)
     scores, counts, average = category_scores(records)
     skipped.sort(key=lambda s: s["pair"])
+    if skipped:
+        _report_skipped(skipped, len(records), len(questions) // 2)
 
     summary: dict[str, Any] = {
         "benchmark": "MMVP-VLM",

@@ -37,26 +37,60 @@ def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch
         return (lin(xte).argmax(1) == y_test).float().mean().item()
 
 
+FEATURES = ("global", "patches")
+
+
+def _read_label_rows(labels_file: Path) -> list[dict]:
+    """``labels.jsonl`` rows, each ``{"image": str, "label_ids": {attribute: int}}``; a
+    one-line ``DataError`` naming the line otherwise."""
+    rows = []
+    try:
+        lines = labels_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"probe labels '{labels_file}' cannot be read: {e}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{labels_file}:{n}: not valid JSON ({e.msg}); expected labels.jsonl rows "
+                            "with 'image' and 'label_ids' fields") from None
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str) \
+                or not isinstance(row.get("label_ids"), dict):
+            raise DataError(f"{labels_file}:{n}: expected a JSON object with 'image' (a path) and 'label_ids' "
+                            "(a mapping attribute -> class id)")
+        rows.append(row)
+    return rows
+
+
 def run_probe(model, labels_file: str | Path, out_dir: str | Path | None = None, train_fraction: float = 0.7,
-              batch_size: int = 64, device=None) -> dict:
-    """Probe accuracy (%) of every attribute in ``labels.jsonl``; writes ``probe_summary.json``."""
+              batch_size: int = 64, device=None, features: str = "global") -> dict:
+    """Probe accuracy (%) of every attribute in ``labels.jsonl``; writes ``probe_summary.json``.
+
+    ``features``: "global" (the global token, what the method improves) or "patches" (the
+    flattened patch tokens: whether the vision tower sees the attribute at all)."""
+    if features not in FEATURES:
+        raise DataError(f"probe features: expected one of {', '.join(FEATURES)}, got {features!r}")
     from genhancer.eval.common import encode_images, resolve_encoder
 
     labels_file = Path(labels_file)
     if not labels_file.is_file():
         raise DataError(f"probe labels '{labels_file}' do not exist")
-    rows = [json.loads(line) for line in labels_file.read_text().splitlines() if line.strip()]
-    if len(rows) < 10 or "label_ids" not in rows[0]:
+    rows = _read_label_rows(labels_file)
+    if len(rows) < 10:
         raise DataError(f"'{labels_file}': expected >= 10 rows with 'image' and 'label_ids' fields")
     encoder, dev = resolve_encoder(model, device)
-    feats, _ = encode_images(encoder, [labels_file.parent / r["image"] for r in rows], batch_size, dev)
+    feats, _ = encode_images(encoder, [labels_file.parent / r["image"] for r in rows], batch_size, dev,
+                             features=features)
     feats = feats.cpu()
     n_train = int(len(rows) * train_fraction)
     result = {}
     for attr in rows[0]["label_ids"]:
         y = torch.tensor([r["label_ids"][attr] for r in rows])
         result[attr] = 100.0 * fit_linear_probe(feats[:n_train], y[:n_train], feats[n_train:], y[n_train:])
-    summary = {"per_attribute": result, "mean": sum(result.values()) / len(result), "n_images": len(rows)}
+    summary = {"per_attribute": result, "mean": sum(result.values()) / len(result), "n_images": len(rows),
+               "features": features}
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "probe_summary.json").write_text(json.dumps(summary, indent=2))

@@ -43,6 +43,9 @@ def class_prompt_name(folder: str) -> str:
 def scan_image_folder(data_dir: str | Path) -> tuple[list[str], list[Path], list[int]]:
     """-> (class folder names sorted, image paths, label per image)."""
     root = Path(data_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"zero-shot data '{root}' is a file; expected a directory with one sub-folder of "
+                        "images per class")
     if not root.is_dir():
         raise DataError(f"zero-shot data directory '{root}' does not exist")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
