@@ -163,3 +163,19 @@ def test_existing_output_refused_before_training(tmp_path):
 def test_impossible_patch_grid_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="patch_size"):
         pretrain_clip(tmp_path, tmp_path / "out", image_size=30, patch_size=8)
+
+
+def test_init_from_continues_the_earlier_model(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    corpus, first, m1 = trained
+    out = tmp_path / "clip2"
+    m2 = pretrain_clip(corpus, out, progress=False, steps=5, batch_size=64, lr=1e-4, image_size=SIZE, seed=0,
+                       val_fraction=0.25, init_from=first)
+    assert m2["init_from"] == str(first)
+    # It starts where the first run ended (not from a random init) and keeps its tokenizer.
+    assert m2["initial_loss"] < m1["initial_loss"] - 0.5
+    assert (out / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    assert set(load_file(str(out / "model.safetensors"))) == set(load_file(str(first / "model.safetensors")))
+    with pytest.raises(DataError, match="init-from"):
+        pretrain_clip(corpus, tmp_path / "x", progress=False, steps=1, image_size=SIZE, init_from=tmp_path)

@@ -332,6 +332,8 @@ def _add_world(p):
     p.add_argument("--probe", type=int, metavar="N", help="images labelled with every fine attribute -> OUT/probe/")
     p.add_argument("--coarse", type=int, metavar="N", help="zero-shot images per kind -> OUT/coarse/")
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--fine-caption-prob", type=float, default=0.15,
+                   help="corpus: share of captions that name one fine attribute (default 0.15)")
     p.add_argument("--overwrite", action="store_true", help="replace parts that already exist")
 
 
@@ -341,7 +343,7 @@ def cmd_world(args) -> int:
 
     dirs = write_world(args.out, args.seed, corpus=args.corpus, benchmark=args.benchmark, probe=args.probe,
                        coarse=args.coarse, size=args.image_size, pairs_per_category=args.pairs_per_category,
-                       overwrite=args.overwrite)
+                       overwrite=args.overwrite, fine_caption_prob=args.fine_caption_prob)
     for name, d in dirs.items():
         print(f"{name}: {d}")
     print(f"world version {WORLD_VERSION}, seed {args.seed}")
@@ -360,6 +362,9 @@ def _add_pretrain(p):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument("--init-from", default=None, metavar="DIR",
+                   help="continue from an earlier pretrain-clip output instead of a random init")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -372,8 +377,9 @@ def cmd_pretrain(args) -> int:
     _at_least("--image-size", args.image_size)
     _check_out_dir(args.out)
     m = pretrain_clip(args.corpus, args.out, steps=DEFAULT_STEPS if args.steps is None else args.steps,
-                      batch_size=args.batch_size,
-                      image_size=args.image_size, seed=args.seed, overwrite=args.overwrite)
+                      batch_size=args.batch_size, image_size=args.image_size, seed=args.seed,
+                      overwrite=args.overwrite, init_from=args.init_from,
+                      **({} if args.lr is None else {"lr": args.lr}))
     print(dump({k: v for k, v in m.items() if not isinstance(v, (list, dict))}))
     return 0
 

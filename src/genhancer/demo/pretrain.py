@@ -219,7 +219,8 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
                   layers: int = 4, heads: int = 4, text_layers: int = 2, projection_dim: int = 64,
                   seed: int = 0, progress: bool | None = None, val_fraction: float = 0.05,
                   text_width: int | None = None, vocab_size: int = 1000, weight_decay: float = 0.1,
-                  warmup_steps: int | None = None, overwrite: bool = False, device: str | None = None) -> dict:
+                  warmup_steps: int | None = None, overwrite: bool = False, device: str | None = None,
+                  init_from: str | Path | None = None) -> dict:
     """Train a tiny CLIP contrastively on ``corpus_dir/captions.jsonl``; write it to ``out_dir``.
 
     ``corpus_dir`` holds ``captions.jsonl`` (rows ``{"image": <path relative to
@@ -232,6 +233,9 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
     ``save_pretrained`` (``load_encoder(out_dir)`` and ``CLIPModel.from_pretrained`` load
     it), ``pretrain_metrics.json`` and ``pretrain_log.csv`` (step, loss, lr, logit scale).
     An existing ``out_dir`` is refused before any work unless ``overwrite``.
+
+    ``init_from``: continue from an earlier ``pretrain-clip`` output (its weights, tokenizer
+    and sizes; the size arguments are then ignored) instead of a random init.
 
     ``text_width`` defaults to ``width``; ``warmup_steps`` to 5 % of ``steps``; the lr
     then follows a cosine to zero. ``progress``: None shows tqdm bars only when stderr is
@@ -279,10 +283,22 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
     def write(tmp: Path) -> None:
         # The random init is written into the temp dir and loaded back through
         # load_encoder, so training runs on exactly what users of the output will load.
-        build_tiny_clip(tmp, texts=train_texts, image_size=image_size, patch_size=patch_size, width=width,
-                        layers=layers, heads=heads, text_width=text_width, text_layers=text_layers,
-                        projection_dim=projection_dim, vocab_size=vocab_size, seed=seed)
+        if init_from is not None:
+            import shutil
+
+            src = Path(init_from)
+            if not (src / "config.json").is_file():
+                raise DataError(f"--init-from: '{src}' is not a pretrain-clip output (no config.json)")
+            for f in src.iterdir():
+                if f.is_file() and f.name not in ("pretrain_metrics.json", "pretrain_log.csv"):
+                    shutil.copy2(f, tmp / f.name)
+        else:
+            build_tiny_clip(tmp, texts=train_texts, image_size=image_size, patch_size=patch_size, width=width,
+                            layers=layers, heads=heads, text_width=text_width, text_layers=text_layers,
+                            projection_dim=projection_dim, vocab_size=vocab_size, seed=seed)
         enc = load_encoder(str(tmp)).to(dev)
+        if enc.spec.size != image_size:
+            raise ConfigError(f"--init-from: the encoder takes {enc.spec.size} px images, --image-size is {image_size}")
         pixels, kept, skipped = _load_pixels(corpus, rows, image_size, enc.spec.resample, show)
         train_idx = torch.tensor([j for j, i in enumerate(kept) if i not in val_set], dtype=torch.long)
         val_idx = torch.tensor([j for j, i in enumerate(kept) if i in val_set], dtype=torch.long)
@@ -360,6 +376,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
                       "heads": heads, "text_width": text_width, "text_layers": text_layers,
                       "projection_dim": projection_dim, "vocab_size": len(enc.tokenizer)},
             "seed": seed, "threads": torch.get_num_threads(), "device": str(dev),
+            "init_from": None if init_from is None else str(init_from),
         })
         enc.to("cpu").save_pretrained(tmp)
         (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

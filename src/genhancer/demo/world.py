@@ -1008,7 +1008,8 @@ PART_DIRS = {"corpus": "corpus", "benchmark": "mmvp", "probe": "probe", "coarse"
 
 def write_world(out_dir, seed: int, corpus: int | None = None, benchmark: bool = False,
                 probe: int | None = None, coarse: int | None = None, size: int = 64,
-                pairs_per_category: int = 15, overwrite: bool = False) -> dict[str, Path]:
+                pairs_per_category: int = 15, overwrite: bool = False,
+                fine_caption_prob: float = 0.15) -> dict[str, Path]:
     """Any parts of the world for one seed: ``corpus/``, ``mmvp/``, ``probe/``, ``coarse/``.
 
     ``corpus`` / ``probe`` are image counts, ``coarse`` images per class, ``benchmark`` the
@@ -1038,7 +1039,7 @@ def write_world(out_dir, seed: int, corpus: int | None = None, benchmark: bool =
             shutil.rmtree(d) if d.is_dir() else d.unlink()
         s = seed + PART_SEED_OFFSETS[name]
         if name == "corpus":
-            write_corpus(d, wanted[name], seed=s, size=size)
+            write_corpus(d, wanted[name], seed=s, size=size, fine_caption_prob=fine_caption_prob)
         elif name == "benchmark":
             write_mmvp_benchmark(d, pairs_per_category, seed=s, size=size)
         elif name == "probe":
