@@ -137,19 +137,21 @@ def plot_condition_usage(run_dirs: dict[str, Path], path: Path) -> Path | None:
     fig = Figure(figsize=(10, 3.8), dpi=110)
     FigureCanvasAgg(fig)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    offset = 0
+    # The first run (stage 1) starts at 0; every later run (stage 2, the control) branches
+    # from its end, so they are drawn side by side, not back to back.
+    offset = None
     width = 0.8 / len(series)
     for k, (name, (rows, last)) in enumerate(series.items()):
-        steps = [offset + int(r["step"]) for r in rows]
+        steps = [(offset or 0) + int(r["step"]) for r in rows]
         ax1.plot(steps, [100 * float(r["usage"]) for r in rows], marker="o", ms=3, label=name)
-        offset = steps[-1]
+        offset = steps[-1] if offset is None else offset
         if last and last.get("bins"):
             xs = [i + k * width for i in range(len(last["bins"]))]
             ax2.bar(xs, [100 * b["usage"] for b in last["bins"]], width=width, label=f"{name} (end)")
             ax2.set_xticks([i + 0.4 - width / 2 for i in range(len(last["bins"]))],
                            [b["t"] for b in last["bins"]])
     ax1.axhline(0, color="#4a5568", lw=1)
-    ax1.set_xlabel("training step (stages back to back)")
+    ax1.set_xlabel("training step (stage 2 and the control continue from stage 1)")
     ax1.set_ylabel("condition usage (%)")
     ax1.set_title("loss(shuffled cond) vs loss(own cond), held-out batch", fontsize=9)
     ax1.legend(fontsize=8)
