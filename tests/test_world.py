@@ -220,3 +220,27 @@ def test_user_errors_raise_data_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match="not a directory"):
         W.write_coarse_folder(tmp_path / "file", 1, seed=0)
+
+
+def test_world_cli_writes_parts_and_refuses_bad_input(tmp_path, capsys):
+    from genhancer.cli import main
+
+    out = tmp_path / "w"
+    assert main(["world", "--seed", "3", "--out", str(out), "--probe", "12", "--coarse", "1", "--benchmark",
+                 "--pairs-per-category", "1"]) == 0
+    assert (out / "probe" / "labels.jsonl").is_file() and (out / "mmvp" / "Questions.csv").is_file()
+    assert sorted(p.name for p in (out / "coarse").iterdir()) == sorted(W.KINDS)
+    assert not (out / "corpus").exists()
+    # The same seed writes the same pixels; the probe uses seed + its offset.
+    again = tmp_path / "w2"
+    W.write_probe_set(again, 12, seed=3 + W.PART_SEED_OFFSETS["probe"])
+    assert (again / "labels.jsonl").read_text() == (out / "probe" / "labels.jsonl").read_text()
+    capsys.readouterr()
+    before = (out / "probe" / "labels.jsonl").read_bytes()
+    for argv in (["--probe", "-1"], ["--probe", "5"], ["--corpus", "0"], ["--galaxy", "3"], []):
+        assert main(["world", "--seed", "3", "--out", str(out), *argv]) == 2, argv
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and "Traceback" not in err[0], (argv, err)
+    assert (out / "probe" / "labels.jsonl").read_bytes() == before  # nothing written before is lost
+    assert main(["world", "--seed", "4", "--out", str(out), "--probe", "12", "--overwrite"]) == 0
+    assert (out / "probe" / "labels.jsonl").read_bytes() != before

@@ -159,10 +159,13 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come before or after options (`train -c x a.b=1 --resume c.d=2`).
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
+    try:  # argparse exits on --help and on usage errors; in-process callers get the code back
+        args, extra = parser.parse_known_args(argv)
+        if extra and (not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra)):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:
+        return int(e.code or 0)
+    if extra:
         args.overrides = list(args.overrides) + extra
     if not getattr(args, "_fn", None):
         parser.print_help()
