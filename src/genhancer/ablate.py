@@ -26,11 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from genhancer.demo.run import DemoSettings, demo_config, evaluate_encoder, prepare_inputs
+from genhancer.demo.evaluate import METRIC_LABELS, METRICS, evaluate_encoder
+from genhancer.demo.run import DemoSettings, demo_config, prepare_inputs
 from genhancer.errors import ConfigError
-
-METRICS = ("mmvp", "probe", "zeroshot")
-METRIC_LABELS = {"mmvp": "MMVP-format avg", "probe": "fine-attribute probe", "zeroshot": "zero-shot top-1"}
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def build_asset(clip_dir: Path, eval_dir: Path, command: list[str], asset_dir: P
     """Replace the shipped asset with ``clip_dir`` (a ``pretrain-clip`` output), measured on
     the world parts in ``eval_dir`` (``genhancer world --seed 0 --benchmark --probe N
     --coarse N``): zero-shot, probes on the global and the patch tokens, MMVP-format."""
-    from genhancer.demo.run import evaluate_encoder
+    from genhancer.demo.evaluate import evaluate_encoder
     from genhancer.demo.world import WORLD_VERSION, world_fingerprint
 
     clip_dir, eval_dir = Path(clip_dir), Path(eval_dir)

@@ -175,8 +175,8 @@ def write_report(out: Path) -> Path:
 
 def ablation_table(ablation: dict) -> str:
     """``ablate.json`` rows as an HTML table: mean ± std (delta to the baseline)."""
-    from genhancer.ablate import METRIC_LABELS
-    from genhancer.ablate import METRICS as AM
+    from genhancer.demo.evaluate import METRIC_LABELS
+    from genhancer.demo.evaluate import METRICS as AM
 
     rows = []
     for r in ablation["rows"]:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from genhancer.config import Config, load_config
+from genhancer.demo.evaluate import evaluate_encoder
 
 # The shipped tiny CLIP was pretrained with these (genhancer.demo.clip_asset, asset.json).
 PRETRAIN_CORPUS_IMAGES = 30000
@@ -152,22 +153,6 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
         build_cache(cfg, out / "cache", augmentations=s.cache_augmentations, pixels=True)
 
     _step("cache tokens, latents and encoder views", out / "cache", cache, timing)
-
-
-def evaluate_encoder(encoder, data: Path, patches: bool = False) -> dict:
-    """MMVP-format average, fine-attribute probe (mean and per attribute) and zero-shot top-1."""
-    from genhancer.eval.mmvp import run_mmvp
-    from genhancer.eval.probe import run_probe
-    from genhancer.eval.zeroshot import run_zeroshot
-
-    mmvp = run_mmvp(encoder, data / "mmvp")
-    probe = run_probe(encoder, data / "probe" / "labels.jsonl")
-    res = {"mmvp": mmvp["average_score"], "mmvp_categories": mmvp["categories"], "probe": probe["mean"],
-           "probe_per_attribute": probe["per_attribute"], "zeroshot": run_zeroshot(encoder, data / "coarse")["top1"]}
-    if patches:
-        p = run_probe(encoder, data / "probe" / "labels.jsonl", features="patches")
-        res |= {"probe_patches": p["mean"], "probe_patches_per_attribute": p["per_attribute"]}
-    return res
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False) -> dict:
