@@ -17,21 +17,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import PIXELS, assert_one_line_error, cli, make_cfg, overrides, read_log, snapshot, weights
+from test_train import (
+    PIXELS,
+    assert_one_line_error,
+    cli,
+    make_cfg,
+    overrides,
+    read_log,
+    snapshot,
+    weights,
+    write_random_images,
+)
 
 N40 = 40
 
 
 @pytest.fixture(scope="module")
 def images40(tmp_path_factory) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("imgs40")
-    rng = np.random.default_rng(1)
-    for i in range(N40):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:03d}.png")
-    return d
+    return write_random_images(tmp_path_factory.mktemp("imgs40"), N40, seed=1)
 
 
 def cfg40(clip: Path, imgs: Path, out: Path, *extra: str):

@@ -31,16 +31,20 @@ N_IMAGES = 12
 
 # ----------------------------------------------------------------------------- helpers
 
-@pytest.fixture(scope="session")
-def images(tmp_path_factory) -> Path:
+def write_random_images(d: Path, n: int, seed: int) -> Path:
+    """``n`` random 32x32 RGB PNGs ``000.png``... in ``d``."""
     import numpy as np
     from PIL import Image
 
-    d = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
-    for i in range(N_IMAGES):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:03d}.png")
     return d
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory) -> Path:
+    return write_random_images(tmp_path_factory.mktemp("imgs"), N_IMAGES, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -84,14 +84,16 @@ def condition_usage(enhancer, batch: dict[str, torch.Tensor], seed: int = 0, bin
     own, shuf = float(own_out["loss"]), float(shuf_out["loss"])
     res = {"own": own, "shuffled": shuf, "usage": usage(own, shuf), "bins": []}
     if "t" in own_out and "loss_per_sample" in own_out:
-        idx = (own_out["t"].float() * bins).long().clamp(0, bins - 1)
-        for b in range(bins):
-            m = idx == b
-            if m.any():
-                o = float(own_out["loss_per_sample"][m].mean())
-                s = float(shuf_out["loss_per_sample"][m].mean())
+        from genhancer.objectives.rectified_flow import bin_losses
+
+        # Same t for both halves (one seeded draw), so the counts are the same too.
+        own_sum, counts = bin_losses(own_out["t"], own_out["loss_per_sample"], bins)
+        shuf_sum, _ = bin_losses(shuf_out["t"], shuf_out["loss_per_sample"], bins)
+        for b, n in enumerate(counts.tolist()):
+            if n:
+                o, s = float(own_sum[b]) / n, float(shuf_sum[b]) / n
                 res["bins"].append({"t": f"{b / bins:.1f}-{(b + 1) / bins:.1f}", "own": o, "shuffled": s,
-                                    "usage": usage(o, s), "n": int(m.sum())})
+                                    "usage": usage(o, s), "n": n})
     return res
 
 
