@@ -38,7 +38,7 @@ def main() -> None:
     import torch
     from accelerate import Accelerator
 
-    import genhancer.train as gt
+    import genhancer.training.loop as gt
     from genhancer.config import load_config
 
     torch.set_num_threads(1)

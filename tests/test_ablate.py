@@ -98,7 +98,7 @@ def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert saved["rows"][1]["mmvp"] == pytest.approx(rows[saved["rows"][1]["variant"]]["mmvp"])
 
     # A re-run reuses every finished run: training must not be called again.
-    import genhancer.train as train_mod
+    import genhancer.training as train_mod
 
     def boom(*a, **k):
         raise AssertionError("train() called for a finished run")

@@ -77,7 +77,7 @@ def test_shuffle_condition_feeds_another_images_token(tiny_clip_dir, images, tmp
 
 
 def test_train_logs_condition_usage_and_resume_truncates(tiny_clip_dir, images, tmp_path):  # noqa: F811
-    from genhancer.train import train
+    from genhancer.training import train
 
     run = tmp_path / "run"
     extra = ["tokenizer.kind=pixels", "denoiser.patch_size=8", f"train.diag_data={images}", "train.diag_images=4",
@@ -93,7 +93,7 @@ def test_train_logs_condition_usage_and_resume_truncates(tiny_clip_dir, images, 
 
 def test_diag_data_must_be_a_folder(tiny_clip_dir, images, tmp_path):  # noqa: F811
     from genhancer.errors import DataError
-    from genhancer.train import train
+    from genhancer.training import train
 
     cfg = make_cfg(tiny_clip_dir, images, tmp_path / "r", "tokenizer.kind=pixels", "denoiser.patch_size=8",
                    f"train.diag_data={tmp_path / 'nope'}", "train.steps=1")

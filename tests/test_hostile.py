@@ -44,7 +44,7 @@ def cfg40(clip: Path, imgs: Path, out: Path, *extra: str):
 @pytest.fixture(scope="module")
 def run40(tiny_clip_dir, images40, tmp_path_factory) -> Path:
     """A finished 2-step pixel-space stage-1 run (for sample / export / resume refusals)."""
-    from genhancer.train import train
+    from genhancer.training import train
 
     run = tmp_path_factory.mktemp("run40") / "run"
     train(cfg40(tiny_clip_dir, images40, run, "train.steps=2", "train.checkpoint_every=2"), progress=False)
@@ -55,7 +55,7 @@ def run40(tiny_clip_dir, images40, tmp_path_factory) -> Path:
 
 def test_resume_from_a_checkpoint_at_the_end_of_an_epoch(tiny_clip_dir, images40, tmp_path):
     from genhancer.checkpoint import list_checkpoints, read_state
-    from genhancer.train import train
+    from genhancer.training import train
 
     run = tmp_path / "run"
     common = ("train.checkpoint_every=10", "train.log_every=1")
@@ -198,7 +198,7 @@ def test_pruning_never_deletes_under_a_step_name(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- 5. log.csv after a resume
 
 def test_log_is_truncated_to_the_checkpoint_on_resume(tiny_clip_dir, images40, tmp_path):
-    from genhancer.train import train
+    from genhancer.training import train
 
     run = tmp_path / "run"
     common = ("train.log_every=1", "train.checkpoint_every=2", "train.keep_last=10")
@@ -212,7 +212,7 @@ def test_log_is_truncated_to_the_checkpoint_on_resume(tiny_clip_dir, images40, t
 # ----------------------------------------------------------------------------- 6. an older checkpoint
 
 def test_resuming_an_older_checkpoint_is_refused_up_front(tiny_clip_dir, images40, tmp_path, capsys):
-    from genhancer.train import train
+    from genhancer.training import train
 
     run = tmp_path / "run"
     common = ("train.log_every=1", "train.checkpoint_every=2", "train.keep_last=10")
@@ -231,7 +231,7 @@ def test_resuming_an_older_checkpoint_is_refused_up_front(tiny_clip_dir, images4
 
 def _corrupt_weights_after(monkeypatch, n_steps: int) -> None:
     """After the optimizer's ``n_steps``-th step, a trained weight becomes NaN."""
-    import genhancer.train as gt
+    import genhancer.training.loop as gt
 
     real_build = gt.build_optimizer
 
@@ -258,7 +258,7 @@ def _corrupt_weights_after(monkeypatch, n_steps: int) -> None:
 def test_non_finite_weights_are_never_checkpointed(tiny_clip_dir, images40, tmp_path, monkeypatch, every, expect):
     from genhancer.checkpoint import list_checkpoints
     from genhancer.errors import GenHancerError
-    from genhancer.train import train
+    from genhancer.training import train
 
     _corrupt_weights_after(monkeypatch, 3)
     run = tmp_path / "run"

@@ -31,7 +31,7 @@ def pixel_cache(tiny_clip_dir, images, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def cached_stage1(tiny_clip_dir, pixel_cache, tmp_path_factory):
-    from genhancer.train import train
+    from genhancer.training import train
 
     run = tmp_path_factory.mktemp("s1") / "run"
     train(make_cfg(tiny_clip_dir, pixel_cache, run, "data.kind=cache", "train.steps=2",
@@ -40,7 +40,7 @@ def cached_stage1(tiny_clip_dir, pixel_cache, tmp_path_factory):
 
 
 def test_cached_views_equal_the_image_path(tiny_clip_dir, images, pixel_cache, tmp_path):  # noqa: F811
-    from genhancer.cache import to_uint8
+    from genhancer.data.cache import to_uint8
     from genhancer.data.transforms import PairedViews, pil_to_tensor
     from genhancer.encoders import load_encoder
 
@@ -60,7 +60,7 @@ def test_cached_views_equal_the_image_path(tiny_clip_dir, images, pixel_cache, t
 
 def test_stage2_trains_lora_from_the_pixel_cache_and_resumes_exactly(tiny_clip_dir, pixel_cache, cached_stage1,
                                                                      tmp_path):
-    import genhancer.train as gt
+    import genhancer.training.loop as gt
 
     calls = {"n": 0}
     real = gt.build_for_training

@@ -1,7 +1,7 @@
 """The training engine: stages, checkpoints, exact resume, cache, keep_last, NaN guard, DDP.
 
 Everything runs on CPU with a tiny random CLIP (32 px) and 12 random 32x32 images. Most
-runs go through ``genhancer.train.train`` in-process (the imports are paid once); only
+runs go through ``genhancer.training.train`` in-process (the imports are paid once); only
 what needs a separate process (SIGKILL, a fresh interpreter's stderr, two DDP ranks)
 uses subprocesses. Tests that do not exercise the TAEF2 latent space use
 ``tokenizer.kind=pixels`` with ``denoiser.patch_size=8`` to keep the steps cheap.
@@ -68,7 +68,7 @@ def make_cfg(clip: Path, imgs: Path, out: Path, *extra: str):
 
 def train_capture(cfg, **kw):
     """``train(cfg)`` that also returns the Enhancer it trained and its trainable init state."""
-    import genhancer.train as gt
+    import genhancer.training.loop as gt
 
     box: dict = {}
     build = gt.build_for_training
@@ -254,7 +254,7 @@ def test_stage2_init_from_other_denoiser_size_is_refused(stage1, tiny_clip_dir, 
 def test_resume_after_sigkill_repeats_losses_exactly(tiny_clip_dir, images, tmp_path):
     from genhancer.checkpoint import list_checkpoints
     from genhancer.config import load_config
-    from genhancer.train import train
+    from genhancer.training import train
 
     extra = ("train.steps=8", "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=10")
     run_a, run_b = tmp_path / "a", tmp_path / "b"
@@ -376,7 +376,7 @@ def test_cache_build_train_and_refuse_other_encoder(stage1, tiny_clip_dir, clip1
 
 @pytest.fixture(scope="module")
 def pixel_run(tiny_clip_dir, images, tmp_path_factory):
-    from genhancer.train import train
+    from genhancer.training import train
 
     run = tmp_path_factory.mktemp("pixels") / "run"
     cfg = make_cfg(tiny_clip_dir, images, run, *PIXELS, "train.steps=5", "train.checkpoint_every=1",
@@ -401,7 +401,7 @@ def test_keep_last_and_no_overwrite_without_resume(pixel_run, tiny_clip_dir, ima
 
 
 def test_stage2_from_pixel_space_stage1(pixel_run, tiny_clip_dir, images, tmp_path):
-    from genhancer.train import build_for_training
+    from genhancer.training.loop import build_for_training
 
     run1 = pixel_run[0].train.output_dir
     cfg = make_cfg(tiny_clip_dir, images, tmp_path / "run2", *PIXELS, "train.stage=2", f"train.init_from={run1}")
@@ -432,7 +432,7 @@ def _nan_loss_on(monkeypatch, bad_calls: set[int]) -> list[int]:
 def test_nan_guard_aborts_with_checkpoint(tiny_clip_dir, images, tmp_path, monkeypatch):
     from genhancer.checkpoint import list_checkpoints
     from genhancer.errors import GenHancerError
-    from genhancer.train import train
+    from genhancer.training import train
 
     _nan_loss_on(monkeypatch, set(range(2, 100)))
     run = tmp_path / "run"
@@ -452,7 +452,7 @@ def test_nan_guard_aborts_with_checkpoint(tiny_clip_dir, images, tmp_path, monke
 
 def test_single_nan_step_is_skipped(tiny_clip_dir, images, tmp_path, monkeypatch):
     from genhancer.checkpoint import list_checkpoints, read_state
-    from genhancer.train import train
+    from genhancer.training import train
 
     _nan_loss_on(monkeypatch, {2})
     run = tmp_path / "run"
@@ -465,7 +465,7 @@ def test_single_nan_step_is_skipped(tiny_clip_dir, images, tmp_path, monkeypatch
 
 def test_nan_on_last_step_still_checkpoints(tiny_clip_dir, images, tmp_path, monkeypatch):
     from genhancer.checkpoint import list_checkpoints
-    from genhancer.train import train
+    from genhancer.training import train
 
     _nan_loss_on(monkeypatch, {3})
     run = tmp_path / "run"
@@ -479,7 +479,7 @@ def test_nan_on_last_step_still_checkpoints(tiny_clip_dir, images, tmp_path, mon
 def _guarded(opt_cls=torch.optim.AdamW, **kw):
     from accelerate import Accelerator
 
-    from genhancer.train import _NonFiniteGuard
+    from genhancer.training.guard import NonFiniteGuard as _NonFiniteGuard
 
     w = torch.nn.Parameter(torch.ones(3))
     opt = Accelerator(cpu=True).prepare(opt_cls([w], lr=0.1, **kw))
@@ -525,7 +525,7 @@ def test_no_host_reads_between_log_steps(tiny_clip_dir, images, tmp_path, monkey
     Tensor.item / bool / float / int / tolist called from genhancer's model and training
     code are counted over a run, and two runs whose only difference is 6 more steps
     between logs must count the same."""
-    from genhancer.train import train
+    from genhancer.training import train
 
     counts = {"n": 0}
 

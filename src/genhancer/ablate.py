@@ -106,7 +106,7 @@ def _ensure_vq(demo_dir: Path, s: AblateSettings) -> Path:
 def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings) -> dict:
     """Train and evaluate one (variant, seed); returns (and writes) its metrics."""
     from genhancer.export import load_enhanced_encoder
-    from genhancer.train import train
+    from genhancer.training import train
 
     run_dir = out / v.name / f"seed{seed}"
     done = run_dir / "metrics.json"

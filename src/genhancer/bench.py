@@ -338,7 +338,7 @@ def _optimizer_step(cfg, enhancer, next_batch: Callable[[], dict], device: torch
                     amp: torch.dtype | None) -> tuple[Callable[[], None], int]:
     """A closure running one optimizer step as ``genhancer train`` does (its optimizer, autocast,
     gradient clipping) on ``next_batch()``, and the number of trainable parameters."""
-    from genhancer.train import build_optimizer
+    from genhancer.training.step import build_optimizer
 
     params = [p for p in enhancer.parameters() if p.requires_grad]
     opt = build_optimizer(cfg, params)[0]
@@ -396,7 +396,7 @@ def param_counts(enhancer) -> dict[str, int]:
 
 def estimate_for(cfg, enhancer) -> dict[str, Any]:
     """:func:`memory_estimate` with every input read off a config and the Enhancer built from it."""
-    from genhancer.train import _mixed_precision
+    from genhancer.training.precision import mixed_precision as _mixed_precision
 
     mp = _mixed_precision(cfg)
     if cfg.tokenizer.kind not in ("taef2", "vae"):
@@ -417,7 +417,7 @@ def measure_recipe_memory(cfg, device: torch.device | None = None, steps: int = 
     ``torch.cuda.max_memory_allocated`` on CUDA; on CPU only the parameter counts are compared
     (``measured_peak_gb`` is None: RSS mixes in the interpreter and libraries)."""
     from genhancer.enhancer import Enhancer
-    from genhancer.train import _mixed_precision
+    from genhancer.training.precision import mixed_precision as _mixed_precision
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -665,8 +665,8 @@ def _file_streams(clip_dir: Path, preset: str, enhancer, work: Path, batch: int,
     """The two real ``BatchStream`` s of ``genhancer train``: a folder of 256 px JPEGs (decode,
     random resized crops to both views; ``num_workers=0``, so loading is in the timed step as
     it is in the demo) and a cache built from the same folder by :func:`build_cache`."""
-    from genhancer.cache import build_cache
-    from genhancer.train import BatchStream
+    from genhancer.data.cache_build import build_cache
+    from genhancer.data.stream import BatchStream
 
     folder = work / f"stage1_images_{n_images}"
     if not folder.exists():

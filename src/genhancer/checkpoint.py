@@ -35,6 +35,14 @@ from genhancer.errors import CheckpointError, GenHancerError
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 
+# The files of one checkpoint (see the module docstring); a cache keeps its space in SPACE_FILE too.
+MODEL_FILE = "model.safetensors"
+SPACE_FILE = "space.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "state.json"
+CONFIG_FILE = "config.yaml"
+
 
 def atomic_dir(final: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final``.
@@ -76,7 +84,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint '{p}' does not exist")
-    if (p / "model.safetensors").is_file():
+    if (p / MODEL_FILE).is_file():
         return p
     found = list_checkpoints(p)
     if not found:
@@ -116,22 +124,24 @@ def remove_stale(run_dir: Path) -> int:
 
 
 def read_state(ckpt: Path) -> dict:
-    f = Path(ckpt) / "state.json"
+    f = Path(ckpt) / STATE_FILE
     if not f.is_file():
-        raise CheckpointError(f"checkpoint '{ckpt}' has no state.json")
+        raise CheckpointError(f"checkpoint '{ckpt}' has no {STATE_FILE}")
     return json.loads(f.read_text())
 
 
 def load_checkpoint_config(ckpt: Path):
     from genhancer.config import _load_layer, config_from_dict
 
-    f = Path(ckpt) / "config.yaml"
+    f = Path(ckpt) / CONFIG_FILE
     if not f.is_file():
-        raise CheckpointError(f"checkpoint '{ckpt}' has no config.yaml")
-    return config_from_dict(_load_layer(str(f)))
+        raise CheckpointError(f"checkpoint '{ckpt}' has no {CONFIG_FILE}")
+    data = _load_layer(str(f))
+    data.pop("eval", None)  # an unused section that configs saved by older versions carry
+    return config_from_dict(data)
 
 
-def load_weights(ckpt: Path, name: str = "model.safetensors") -> dict:
+def load_weights(ckpt: Path, name: str = MODEL_FILE) -> dict:
     from safetensors.torch import load_file
 
     f = Path(ckpt) / name
@@ -166,3 +176,10 @@ def load_into(module, weights: dict, what: str, strict_keys: bool = True) -> Non
             raise CheckpointError(f"{what}: weight '{k}' has shape {tuple(v.shape)}, the model expects "
                                   f"{tuple(own[k].shape)}; was it trained with another config?")
     module.load_state_dict({k: v for k, v in weights.items() if k in own}, strict=False)
+
+
+def load_enhancer_weights(enhancer, ckpt: Path, what: str) -> None:
+    """A checkpoint's trained weights into ``enhancer``, then its latent-space buffers into
+    ``enhancer.space`` (the order matters to no one, but both always travel together)."""
+    load_into(enhancer, load_weights(ckpt), what)
+    load_into(enhancer.space, load_weights(ckpt, SPACE_FILE), f"{what} (space)", strict_keys=False)

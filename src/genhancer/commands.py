@@ -46,7 +46,7 @@ def _add_train(p):
 
 @command("train", "train stage 1, stage 2 or end-to-end (one loop; runs under `accelerate launch` too)")
 def cmd_train(args) -> int:
-    from genhancer.train import train
+    from genhancer.training import train
 
     cfg = _load(args)
     res = train(cfg, resume=args.resume, progress=False if args.no_progress else None)
@@ -73,7 +73,7 @@ def _add_cache(p):
 
 @command("cache", "precompute frozen-encoder global tokens and latents (and encoder views for stage 2)")
 def cmd_cache(args) -> int:
-    from genhancer.cache import build_cache
+    from genhancer.data.cache_build import build_cache
 
     _at_least("--augmentations", args.augmentations)
     _at_least("--rows-per-shard", args.rows_per_shard)

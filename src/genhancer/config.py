@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from genhancer.errors import ConfigError
+from genhancer.training.stage import STAGES, stage_of
 
 
 def _f(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, lo: float | None = None,
@@ -130,7 +131,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = _f("1", choices=("1", "2", "e2e"))
+    stage: str = _f("1", choices=tuple(STAGES), doc="see genhancer.training.stage")
     steps: int = _f(1000, lo=1)
     lr: float | None = _f(None, lo=0.0, doc="default: 1e-4 stage 1, 1e-5 stage 2 / e2e")
     weight_decay: float = _f(0.01, lo=0.0)
@@ -156,10 +157,18 @@ class TrainConfig:
     max_bad_steps: int = _f(5, lo=1, doc="abort after this many non-finite losses in a row (skipped steps change nothing; the run is noticed at the next log / checkpoint step)")
 
 
-@dataclass
-class EvalConfig:
-    batch_size: int = _f(32, lo=1)
-    mmvp_data: str = _f("")
+@dataclass(frozen=True)
+class ModelConfig:
+    """What :class:`~genhancer.enhancer.Enhancer` is built from: the model sections of a
+    :class:`Config`. How the model is trained (``data``, ``train``) is not in it."""
+
+    encoder: EncoderConfig
+    projector: ProjectorConfig
+    cond: CondConfig
+    tokenizer: TokenizerConfig
+    denoiser: DenoiserConfig
+    objective: ObjectiveConfig
+    lora: LoraConfig
 
 
 @dataclass
@@ -174,10 +183,14 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def model(self) -> ModelConfig:
+        """The sections the model is built from (no data or training knobs)."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ModelConfig)})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -400,6 +413,7 @@ def config_from_dict(data: dict) -> Config:
 
 
 def default_lr(cfg: Config) -> float:
+    """``train.lr``, else the stage's default (the Stage table)."""
     if cfg.train.lr is not None:
         return cfg.train.lr
-    return 1e-4 if cfg.train.stage == "1" else 1e-5
+    return stage_of(cfg.train.stage).default_lr

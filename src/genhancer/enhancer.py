@@ -10,11 +10,10 @@
 * cached for stage 2: ``pixel_values`` (from the cache's uint8 views) and ``latents`` /
   ``codes``: the encoder runs (with LoRA), the autoencoder does not.
 
-Which parameters train is decided by the stage alone (``set_stage``):
-
-* stage 1: encoder frozen; projector + denoiser train.
-* stage 2: LoRA on the vision tower trains; projector / denoiser by config.
-* e2e:     LoRA and a fresh projector + denoiser together (an ablation).
+The model is built from the model sections of a config only (``ModelConfig``: encoder,
+projector, cond, tokenizer, denoiser, objective, lora) and does not know how it is
+trained: which parts train is set from outside with ``set_trainable(lora=, projector=,
+denoiser=)``, by the stage table (``genhancer.training.stage``).
 """
 
 from __future__ import annotations
@@ -22,13 +21,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genhancer.config import Config
+from genhancer.config import Config, ModelConfig
 from genhancer.encoders import VisionLanguageEncoder, load_encoder
 from genhancer.lora import apply_lora, has_lora
 from genhancer.projector import Projector
 
 
-def build_latent_space(cfg: Config) -> nn.Module:
+def build_latent_space(cfg: ModelConfig | Config) -> nn.Module:
     """The latent space named by ``cfg.tokenizer`` (frozen)."""
     from genhancer.tokenizers import build_latent_space as _build
 
@@ -38,17 +37,19 @@ def build_latent_space(cfg: Config) -> nn.Module:
     return space.eval()
 
 
-def denoiser_hidden_size(cfg: Config) -> int:
+def denoiser_hidden_size(cfg: ModelConfig | Config) -> int:
     from genhancer.denoisers import preset_hidden_size
 
     return cfg.denoiser.hidden_size or preset_hidden_size(cfg.denoiser.kind, cfg.denoiser.preset)
 
 
 class Enhancer(nn.Module):
-    def __init__(self, cfg: Config, encoder: VisionLanguageEncoder | None = None,
+    def __init__(self, cfg: ModelConfig | Config, encoder: VisionLanguageEncoder | None = None,
                  space: nn.Module | None = None):
         super().__init__()
-        self.cfg = cfg
+        # A whole Config is accepted for convenience and cut to its model sections at once:
+        # nothing here may depend on how the model is trained.
+        self.cfg = cfg = cfg if isinstance(cfg, ModelConfig) else cfg.model
         self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder.name_or_path,
                                                                        cfg.encoder.image_size)
         self.space = space if space is not None else build_latent_space(cfg)
@@ -71,27 +72,33 @@ class Enhancer(nn.Module):
             model = self.encoder.model  # renamed in transformers 5 (the old name warns)
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
-        for prm in self.encoder.parameters():
-            prm.requires_grad_(False)
-        self.stage = "1"
+        self.lora_trains = False
+        self.set_trainable(lora=False, projector=True, denoiser=True)
 
-    # ------------------------------------------------------------------ stages
-    def set_stage(self, stage: str) -> None:
-        """Choose what trains; LoRA is injected the first time stage 2 / e2e asks for it."""
-        t = self.cfg.train
-        self.stage = stage
+    # ------------------------------------------------------------------ what trains
+    def set_trainable(self, lora: bool = False, projector: bool = True, denoiser: bool = True) -> None:
+        """Choose what trains. The encoder's own weights never do; ``lora`` injects LoRA
+        adapters into the vision tower the first time it is asked for (later calls without
+        it keep them, frozen)."""
         for prm in self.encoder.parameters():
             prm.requires_grad_(False)
-        if stage in ("2", "e2e"):
+        if lora:
             if not has_lora(self.encoder.vision_tower):
                 apply_lora(self.encoder.vision_tower, self.cfg.lora)
             for n, prm in self.encoder.vision_tower.named_parameters():
                 prm.requires_grad_("lora_" in n)
-        train_proj, train_den = (t.train_projector, t.train_denoiser) if stage == "2" else (True, True)
+        self.lora_trains = lora
         for prm in self.projector.parameters():
-            prm.requires_grad_(train_proj)
+            prm.requires_grad_(projector)
         for prm in self.denoiser.parameters():
-            prm.requires_grad_(train_den)
+            prm.requires_grad_(denoiser)
+
+    def set_stage(self, stage: str) -> None:
+        """``set_trainable`` as the stage table says for ``stage`` (by-config parts train).
+        For callers that name a stage (``genhancer bench``); training applies its Stage itself."""
+        from genhancer.training.stage import stage_of
+
+        stage_of(stage).apply(self)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
@@ -114,7 +121,7 @@ class Enhancer(nn.Module):
 
     def encode(self, pixel_values: torch.Tensor):
         """Encoder forward; no graph unless LoRA weights are training."""
-        needs_grad = self.stage in ("2", "e2e") and torch.is_grad_enabled()
+        needs_grad = self.lora_trains and torch.is_grad_enabled()
         with torch.set_grad_enabled(needs_grad):
             return self.encoder.encode_image(pixel_values)
 

@@ -7,10 +7,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from genhancer.checkpoint import load_checkpoint_config, load_into, load_weights, resolve_checkpoint
+from genhancer.checkpoint import (
+    load_checkpoint_config,
+    load_enhancer_weights,
+    load_weights,
+    resolve_checkpoint,
+)
+from genhancer.data.images import IMAGE_EXTENSIONS
 from genhancer.errors import DataError
-
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def load_trained(checkpoint: str | Path):
@@ -19,12 +23,10 @@ def load_trained(checkpoint: str | Path):
 
     ckpt = resolve_checkpoint(checkpoint)
     cfg = load_checkpoint_config(ckpt)
-    enhancer = Enhancer(cfg)
-    weights = load_weights(ckpt)
-    if any("lora_" in k for k in weights):
-        enhancer.set_stage("2")
-    load_into(enhancer, weights, f"checkpoint '{ckpt}'")
-    load_into(enhancer.space, load_weights(ckpt, "space.safetensors"), f"checkpoint '{ckpt}'", strict_keys=False)
+    enhancer = Enhancer(cfg.model)
+    if any("lora_" in k for k in load_weights(ckpt)):  # adapters to load into: inject them first
+        enhancer.set_trainable(lora=True)
+    load_enhancer_weights(enhancer, ckpt, f"checkpoint '{ckpt}'")
     return enhancer.eval()
 
 
@@ -33,7 +35,7 @@ def collect_images(items: list[str], limit: int) -> list[Path]:
     for it in items:
         p = Path(it)
         if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
+            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
         elif p.is_file():
             paths.append(p)
         else:

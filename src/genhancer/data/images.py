@@ -22,6 +22,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genhancer.errors import DataError
 
+# File name endings read as images, everywhere in the package (folders, evaluations, sampling).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
 # Reasons a :class:`BadImage` can carry (the keys a :class:`SkipCounter` counts).
 CORRUPT = "corrupt"
 TRUNCATED = "truncated"

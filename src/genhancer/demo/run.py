@@ -147,7 +147,7 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
     _step("pretrain tiny CLIP" if s.pretrain else "install the shipped tiny CLIP", out / "clip", clip, timing)
 
     def cache():
-        from genhancer.cache import build_cache
+        from genhancer.data.cache_build import build_cache
 
         cfg = demo_config(out, s, "2", cached=False)  # reads images: the cache is built from the raw corpus
         build_cache(cfg, out / "cache", augmentations=s.cache_augmentations, pixels=True)
@@ -172,7 +172,7 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     prepare_inputs(out, s, timing)
 
     from genhancer.export import export
-    from genhancer.train import train
+    from genhancer.training import train
 
     _step("stage 1", out / "stage1" / "checkpoints", lambda: train(demo_config(out, s, "1")), timing)
     _step("stage 2", out / "stage2" / "checkpoints", lambda: train(demo_config(out, s, "2")), timing)

@@ -20,8 +20,6 @@ from PIL import Image
 
 from genhancer.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
 
 def progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterable:
     """A tqdm bar when stderr is a terminal; the bare iterable otherwise (CI, logs)."""

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
+from genhancer.data.images import IMAGE_EXTENSIONS
 from genhancer.errors import DataError
 from genhancer.eval.common import (
-    IMAGE_EXTENSIONS,
     encode_images,
     encode_texts,
     model_name,

@@ -1,4 +1,15 @@
-"""Training objectives: ``rectified_flow`` (continuous) and ``masked_tokens`` (discrete)."""
+"""Training objectives: ``rectified_flow`` (continuous) and ``masked_tokens`` (discrete).
+
+Every objective has the same four methods:
+
+* ``loss(denoiser, x1, cond, cond_tokens, ..., generator) -> {"loss": scalar, ...}``;
+* ``sample(denoiser, cond, ...)``: generation;
+* ``diagnostics(out) -> {name: tensor}``: per-bin tensors of one ``loss`` output that a
+  trainer sums over steps on the device (no host sync);
+* ``summarize(totals) -> dict``: those sums as JSON values, for a run's ``diagnostics.json``.
+
+The trainer knows only this interface, not what an objective bins or by what.
+"""
 
 from __future__ import annotations
 

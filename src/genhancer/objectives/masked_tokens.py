@@ -45,10 +45,12 @@ class MaskedTokens:
         self.schedule, self.ratio_min, self.ratio_max = schedule, ratio_min, ratio_max
         self.sample_steps = sample_steps
 
-    @classmethod
-    def from_config(cls, cfg) -> MaskedTokens:
-        """From an ``ObjectiveConfig`` (mask_schedule, mask_ratio_min/max, sample_steps)."""
-        return cls(cfg.mask_schedule, cfg.mask_ratio_min, cfg.mask_ratio_max, cfg.sample_steps)
+    def diagnostics(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """No per-bin diagnostics (the interface of :mod:`genhancer.objectives`)."""
+        return {}
+
+    def summarize(self, totals: dict[str, torch.Tensor]) -> dict:
+        return {}
 
     def mask_ratio(self, batch: int, generator: torch.Generator | None = None,
                    device: torch.device | str = "cpu") -> torch.Tensor:

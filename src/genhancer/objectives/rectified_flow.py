@@ -19,6 +19,7 @@ from torch import nn
 from genhancer.errors import ConfigError, ShapeError
 
 SAMPLERS = ("logit_normal", "uniform")
+LOSS_BINS = 10  # equal bins of t over [0, 1] for the loss-by-timestep diagnostic
 
 
 def bin_losses(t: torch.Tensor, losses: torch.Tensor, bins: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,6 +95,24 @@ class RectifiedFlow:
         # MSE in float32: bf16 squares of small residuals underflow and flatten the curve.
         per = F.mse_loss(pred.float(), (eps - x1).float(), reduction="none").mean(dim=(1, 2))
         return {"loss": per.mean(), "loss_per_sample": per.detach(), "t": t.detach()}
+
+    # -- diagnostics (the interface every objective has; see genhancer.objectives) --------
+
+    def diagnostics(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-bin tensors of one :meth:`loss` output, which a trainer sums over steps on the
+        device: ``loss_by_t_sum[LOSS_BINS]`` float64 and ``loss_by_t_count[LOSS_BINS]`` int64."""
+        sums, counts = bin_losses(out["t"], out["loss_per_sample"], LOSS_BINS)
+        return {"loss_by_t_sum": sums, "loss_by_t_count": counts}
+
+    def summarize(self, totals: dict[str, torch.Tensor]) -> dict:
+        """The summed :meth:`diagnostics` as JSON values: ``{"loss_by_t": {"0.0-0.1": mean | None, ...}}``
+        (empty when no loss was binned)."""
+        sums, counts = totals.get("loss_by_t_sum"), totals.get("loss_by_t_count")
+        if counts is None or counts.sum() == 0:
+            return {}
+        means = (sums / counts.clamp(min=1)).tolist()
+        return {"loss_by_t": {f"{i / LOSS_BINS:.1f}-{(i + 1) / LOSS_BINS:.1f}": (m if c else None)
+                              for i, (m, c) in enumerate(zip(means, counts.tolist()))}}
 
     # -- generation --------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
-"""Training cache: frozen-encoder global tokens + autoencoder latents (+ encoder pixels).
+"""Reading a training cache: frozen-encoder global tokens + autoencoder latents (+ encoder pixels).
 
 In stage 1 the encoder and the autoencoder are frozen, so their outputs for a given
-crop never change. ``build_cache`` computes them once (optionally K random crops per
+crop never change. ``genhancer.data.cache_build.build_cache`` computes them once (optionally K random crops per
 image) and stage 1 then trains from the cache without running either network.
 
 The reconstruction target never depends on the encoder, so stage 2 / e2e need not run the
@@ -25,87 +25,15 @@ gives each rank a disjoint slice of every shard.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from genhancer.checkpoint import atomic_dir, load_into, load_weights, save_space_state
-from genhancer.config import Config
+from genhancer.checkpoint import SPACE_FILE, load_into, load_weights
+from genhancer.data.images import SkipCounter
 from genhancer.errors import DataError
 
 SHARD = "shard-{:05d}.safetensors"
-
-
-def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_per_shard: int = 4096,
-                overwrite: bool = False, progress: bool | None = None, pixels: bool = False) -> dict:
-    """Encode ``cfg.data`` once per augmentation; returns the meta dict.
-
-    ``pixels``: also store the encoder view as uint8, so that stage 2 / e2e can train from
-    the cache (see the module docstring)."""
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
-    from genhancer.enhancer import Enhancer
-    from genhancer.train import BatchStream, fit_latent_stats
-
-    enhancer = Enhancer(cfg).eval()
-    stream = BatchStream(cfg, enhancer, rank=0, world=1)
-    fit_latent_stats(enhancer, stream)
-    out_dir = Path(out_dir)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    enhancer.to(dev)
-    key = "codes" if enhancer.space.discrete else "latents"
-
-    def write(tmp: Path) -> dict:
-        buf: dict[str, list] = {"global_token": [], key: [], **({"pixel_u8": []} if pixels else {})}
-        shard, rows, total = 0, 0, 0
-
-        def flush():
-            nonlocal shard, rows
-            if rows:
-                save_file({k: torch.cat(v).contiguous() for k, v in buf.items()}, str(tmp / SHARD.format(shard)))
-                shard, rows = shard + 1, 0
-                for v in buf.values():
-                    v.clear()
-
-        bar = tqdm(desc="cache", unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
-        from genhancer.data.sources import make_loader
-
-        for aug in range(augmentations):
-            # Epoch = augmentation index: each pass draws fresh crops (seeded by epoch and key).
-            stream.source.set_epoch(aug)
-            for batch in make_loader(stream.source, stream.views, cfg.data.batch_size, cfg.data.num_workers,
-                                     seed=cfg.train.seed + aug):
-                with torch.inference_mode():
-                    g, _ = enhancer.encoder.encode_image(batch["pixel_values"].to(dev))
-                    z = enhancer.space.encode(batch["gen_pixels"].to(dev))
-                buf["global_token"].append(g.float().cpu())
-                buf[key].append(z.cpu() if enhancer.space.discrete else z.float().cpu())
-                if pixels:
-                    buf["pixel_u8"].append(to_uint8(stream.views.unnormalize(batch["pixel_values"])))
-                n = g.shape[0]
-                rows, total = rows + n, total + n
-                bar.update(n)
-                if rows >= rows_per_shard:
-                    flush()
-        flush()
-        bar.close()
-        if total == 0:
-            raise DataError(f"data.path: '{cfg.data.path}' gave no images to cache")
-        save_space_state(enhancer.space, tmp / "space.safetensors")
-        meta = {"encoder": cfg.encoder.name_or_path, "encoder_fingerprint": enhancer.encoder.fingerprint(),
-                "global_dim": enhancer.encoder.global_dim,
-                "tokenizer": cfg.tokenizer.kind, "gen_size": enhancer.gen_size, "kind": key,
-                "latent_shape": list(buf_shape(tmp, key)), "rows": total, "shards": shard,
-                "augmentations": augmentations, "skipped_images": stream.skipped(),
-                "pixels": pixels, "preprocessing": _preprocessing(enhancer)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        return meta
-
-    result = {}
-    atomic_dir(out_dir, lambda d: result.update(write(d)), overwrite=overwrite)
-    return result
 
 
 def to_uint8(unit: torch.Tensor) -> torch.Tensor:
@@ -113,7 +41,8 @@ def to_uint8(unit: torch.Tensor) -> torch.Tensor:
     return unit.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _preprocessing(enhancer) -> dict:
+def preprocessing_of(enhancer) -> dict:
+    """The encoder preprocessing a cache's pixels were made with (meta.json ``preprocessing``)."""
     spec = enhancer.encoder.spec
     return {"size": spec.size, "mean": [float(m) for m in spec.mean], "std": [float(s) for s in spec.std]}
 
@@ -133,21 +62,23 @@ def read_meta(path: str | Path) -> dict:
     return json.loads(f.read_text())
 
 
-def check_cache_fits(path: str | Path, enhancer) -> None:
-    """The cache must fit this enhancer; one line naming what differs otherwise.
+def check_cache_fits(path: str | Path, enhancer, stage) -> None:
+    """The cache must fit this enhancer and ``stage`` (a :class:`genhancer.training.stage.Stage`);
+    one line naming what differs otherwise.
 
-    Stage 1 reads the cached global tokens: same encoder weights, tokenizer and size; the
-    cache's latent statistics are loaded into the space. Stage 2 / e2e read the cached
-    pixels and latents: the cache must hold pixels, with this encoder's preprocessing, and
-    latents standardised exactly as the space from ``train.init_from`` does."""
+    A stage that reads ``"tokens"`` (stage 1) reads the cached global tokens: same encoder
+    weights, tokenizer and size; the cache's latent statistics are loaded into the space. A
+    stage that reads ``"pixels"`` (stage 2 / e2e) reads the cached pixels and latents: the
+    cache must hold pixels, with this encoder's preprocessing, and latents standardised
+    exactly as the space from ``train.init_from`` does (when the stage starts from one).
+    """
     meta = read_meta(path)
-    stage = enhancer.stage
     if meta["tokenizer"] != enhancer.cfg.tokenizer.kind or meta["gen_size"] != enhancer.gen_size:
         raise DataError(f"data.path: cache '{path}' was built for tokenizer '{meta['tokenizer']}' at "
                         f"{meta['gen_size']} px, the config asks for '{enhancer.cfg.tokenizer.kind}' at "
                         f"{enhancer.gen_size} px")
-    cached_space = load_weights(Path(path), "space.safetensors")
-    if stage == "1":
+    cached_space = load_weights(Path(path), SPACE_FILE)
+    if stage.cache_kind == "tokens":
         if meta["global_dim"] != enhancer.encoder.global_dim:
             raise DataError(f"data.path: cache '{path}' holds {meta['global_dim']}-d global tokens, the encoder "
                             f"gives {enhancer.encoder.global_dim}-d")
@@ -165,13 +96,13 @@ def check_cache_fits(path: str | Path, enhancer) -> None:
         # Cached global tokens come from the frozen encoder: LoRA would get no gradient and
         # the "enhanced" encoder would silently equal the original.
         raise DataError(f"data.path: cache '{path}' holds frozen-encoder tokens only, which serve stage 1; "
-                        f"stage '{stage}' needs a cache built with `genhancer cache --with-pixels`, or images")
-    want = _preprocessing(enhancer)
+                        f"stage '{stage.name}' needs a cache built with `genhancer cache --with-pixels`, or images")
+    want = preprocessing_of(enhancer)
     for field in ("size", "mean", "std"):
         if meta["preprocessing"][field] != want[field]:
             raise DataError(f"data.path: cache '{path}' holds encoder views with preprocessing {field} "
                             f"{meta['preprocessing'][field]}, the encoder expects {want[field]}; rebuild it")
-    if stage == "e2e":  # no stage-1 run: the cache's statistics are the space's
+    if not stage.needs_init_from:  # e2e: no stage-1 run, the cache's statistics are the space's
         load_into(enhancer.space, cached_space, f"cache '{path}'", strict_keys=False)
         return
     # Stage 2 keeps the space of its stage-1 run (train.init_from); cached latents
@@ -194,7 +125,9 @@ class CacheSource:
         if not self.shards:
             raise DataError(f"data.path: cache '{path}' has no shard-*.safetensors")
         self.epoch = 0
-        self.skipped = {}
+        # Images were skipped when the cache was built (meta.json); reading skips none. A
+        # counter like every image source's, so a stream reads one shape from any source.
+        self.skipped = SkipCounter()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
