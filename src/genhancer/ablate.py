@@ -91,7 +91,7 @@ def _evaluate(encoder, demo_dir: Path) -> dict:
 
 def _ensure_vq(demo_dir: Path, s: AblateSettings) -> Path:
     """The discrete variant's VQ tokenizer, trained once on the corpus and shared by all seeds."""
-    from genhancer.commands import load_image_tensor
+    from genhancer.data.in_memory import load_image_tensor
     from genhancer.tokenizers.vq import train_vq_tokenizer
 
     vq = demo_dir / "vq"

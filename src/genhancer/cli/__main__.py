@@ -1,0 +1,7 @@
+"""``python -m genhancer.cli``."""
+
+import sys
+
+from genhancer.cli.main import main
+
+sys.exit(main())
