@@ -22,25 +22,20 @@ import torch
 from torch import nn
 
 from genhancer.config import Config, ModelConfig
+from genhancer.denoisers import build_denoiser, denoiser_hidden_size
 from genhancer.encoders import VisionLanguageEncoder, load_encoder
 from genhancer.lora import apply_lora, has_lora
 from genhancer.projector import Projector
 
 
-def build_latent_space(cfg: ModelConfig | Config) -> nn.Module:
-    """The latent space named by ``cfg.tokenizer`` (frozen)."""
-    from genhancer.tokenizers import build_latent_space as _build
+def _frozen_latent_space(cfg: ModelConfig) -> nn.Module:
+    """The latent space named by ``cfg.tokenizer``, frozen (its buffers still load from checkpoints)."""
+    from genhancer.tokenizers import build_latent_space
 
-    space = _build(cfg.tokenizer)
+    space = build_latent_space(cfg.tokenizer)
     for p in space.parameters():
         p.requires_grad_(False)
     return space.eval()
-
-
-def denoiser_hidden_size(cfg: ModelConfig | Config) -> int:
-    from genhancer.denoisers import preset_hidden_size
-
-    return cfg.denoiser.hidden_size or preset_hidden_size(cfg.denoiser.kind, cfg.denoiser.preset)
 
 
 class Enhancer(nn.Module):
@@ -52,18 +47,17 @@ class Enhancer(nn.Module):
         self.cfg = cfg = cfg if isinstance(cfg, ModelConfig) else cfg.model
         self.encoder = encoder if encoder is not None else load_encoder(cfg.encoder.name_or_path,
                                                                        cfg.encoder.image_size)
-        self.space = space if space is not None else build_latent_space(cfg)
+        self.space = space if space is not None else _frozen_latent_space(cfg)
         self.gen_size = cfg.tokenizer.image_size or self.encoder.spec.size
         # Discrete codes are tokens already; continuous latents are patchified p x p.
         self.patch = p = 1 if self.space.discrete else cfg.denoiser.patch_size
         h, w = self.space.latent_hw(self.gen_size, p)
         self.grid = (h // p, w // p)
-        cond_dim = cfg.projector.cond_dim or denoiser_hidden_size(cfg)
+        cond_dim = cfg.projector.cond_dim or denoiser_hidden_size(cfg.denoiser)
         self.local_fraction = cfg.cond.local_token_fraction
         self.shuffle_condition = cfg.cond.shuffle
         self.projector = Projector(self.encoder.global_dim, cond_dim, cfg.projector.hidden_dim,
                                    patch_dim=self.encoder.patch_dim if self.local_fraction > 0 else None)
-        from genhancer.denoisers import build_denoiser
         from genhancer.objectives import build_objective
 
         self.denoiser = build_denoiser(cfg.denoiser, self.space, self.grid, cond_dim)

@@ -1,8 +1,9 @@
 """Reading a training cache: frozen-encoder global tokens + autoencoder latents (+ encoder pixels).
 
 In stage 1 the encoder and the autoencoder are frozen, so their outputs for a given
-crop never change. ``genhancer.data.cache_build.build_cache`` computes them once (optionally K random crops per
-image) and stage 1 then trains from the cache without running either network.
+crop never change. ``genhancer.data.cache_build.build_cache`` computes them once
+(optionally K random crops per image) and stage 1 then trains from the cache without
+running either network.
 
 The reconstruction target never depends on the encoder, so stage 2 / e2e need not run the
 autoencoder either: a cache built with ``pixels=True`` (``genhancer cache --with-pixels``)
@@ -102,7 +103,7 @@ def check_cache_fits(path: str | Path, enhancer, stage) -> None:
         if meta["preprocessing"][field] != want[field]:
             raise DataError(f"data.path: cache '{path}' holds encoder views with preprocessing {field} "
                             f"{meta['preprocessing'][field]}, the encoder expects {want[field]}; rebuild it")
-    if not stage.needs_init_from:  # e2e: no stage-1 run, the cache's statistics are the space's
+    if stage.fresh_latent_space:  # e2e: no stage-1 run, the cache's statistics are the space's
         load_into(enhancer.space, cached_space, f"cache '{path}'", strict_keys=False)
         return
     # Stage 2 keeps the space of its stage-1 run (train.init_from); cached latents

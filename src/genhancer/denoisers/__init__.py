@@ -29,6 +29,12 @@ def preset_hidden_size(kind: str, preset: str) -> int:
     return p["hidden_size"] if isinstance(p, dict) else p.hidden_size
 
 
+def denoiser_hidden_size(cfg: DenoiserConfig) -> int:
+    """The width the denoiser will have: ``denoiser.hidden_size`` or its preset's (the projector's
+    default output width)."""
+    return cfg.hidden_size or preset_hidden_size(cfg.kind, cfg.preset)
+
+
 def list_denoiser_presets() -> list[str]:
     return [f"flow_dit/{n}" for n in _presets("flow_dit")] + [f"perceiver/{n}" for n in _presets("perceiver")]
 
