@@ -28,6 +28,13 @@ from genhancer.errors import DataError
 from genhancer.mmvp_vlm import IMAGES_DIR, QUESTIONS_FILE, REQUIRED_COLUMNS
 
 
+def _check_render_args(seed, size, cue_scale) -> int:
+    """The checks every image writer makes of its common arguments; returns the seed as an int."""
+    _check_size(size)
+    _check_cue_scale(cue_scale)
+    return _check_seed(seed)
+
+
 def _prepare_dir(out_dir) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -82,9 +89,7 @@ def write_corpus(
     Returns the path of ``captions.jsonl``.
     """
     _check_count(n, "n")
-    _check_size(size)
-    _check_cue_scale(cue_scale)
-    seed = _check_seed(seed)
+    seed = _check_render_args(seed, size, cue_scale)
     for name, p in (("fine_caption_prob", fine_caption_prob), ("color_prob", color_prob)):
         if not isinstance(p, int | float) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise DataError(f"{name} must be a probability in [0, 1], got {p!r}")
@@ -130,9 +135,7 @@ def write_mmvp_benchmark(
     scripts. Every scene is reserved (``is_reserved``), hence absent from any corpus.
     """
     per = _check_count(pairs_per_category, "pairs_per_category", minimum=1)
-    _check_size(size)
-    _check_cue_scale(cue_scale)
-    seed = _check_seed(seed)
+    seed = _check_render_args(seed, size, cue_scale)
     out = _prepare_dir(out_dir)
     rows, meta = [], []
     qid = 0
@@ -178,9 +181,7 @@ def write_probe_set(out_dir, n: int, seed: int, size: int = 64, cue_scale: float
     classes in id order. Returns the path of ``labels.jsonl``.
     """
     _check_count(n, "n")
-    _check_size(size)
-    _check_cue_scale(cue_scale)
-    seed = _check_seed(seed)
+    seed = _check_render_args(seed, size, cue_scale)
     out = _prepare_dir(out_dir)
     rows = []
     with _progress(n, "probe") as bar:
@@ -209,9 +210,7 @@ def write_coarse_folder(out_dir, n_per_class: int, seed: int, size: int = 64, cu
     """``out_dir/<kind>/<i>.png`` for zero-shot classification; class names are the kind
     words captions use (``KINDS``). Everything but the kind is random. Returns ``out_dir``."""
     per = _check_count(n_per_class, "n_per_class", minimum=1)
-    _check_size(size)
-    _check_cue_scale(cue_scale)
-    seed = _check_seed(seed)
+    seed = _check_render_args(seed, size, cue_scale)
     out = _prepare_dir(out_dir)
     with _progress(per * len(KINDS), "coarse") as bar:
         for c, kind in enumerate(KINDS):
