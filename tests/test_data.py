@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from genhancer.config import DataConfig
-from genhancer.data import sources
+from genhancer.data import source_base
 from genhancer.data.images import BadImage, SkipCounter, load_image
+from genhancer.data.loader import _one_line
 from genhancer.data.sources import (
     CsvSource,
     FolderSource,
@@ -334,7 +335,7 @@ def test_captions(paths):
 
 
 def _fake_worker(monkeypatch, wid: int, num: int) -> None:
-    monkeypatch.setattr(sources, "get_worker_info", lambda: SimpleNamespace(id=wid, num_workers=num))
+    monkeypatch.setattr(source_base, "get_worker_info", lambda: SimpleNamespace(id=wid, num_workers=num))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -517,7 +518,7 @@ def test_imageless_shard(tmp_path):
 def test_worker_errors_become_one_line():
     wrapped = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback:\n  File x\n"
                         "genhancer.errors.DataError: data.path: shard 'a.tar' holds no images")
-    assert sources._one_line(wrapped) == "data.path: shard 'a.tar' holds no images"
+    assert _one_line(wrapped) == "data.path: shard 'a.tar' holds no images"
 
 
 def test_not_a_tar_shard(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from genhancer.demo import world as W
+from genhancer.demo.world import geometry as G
+from genhancer.demo.world.render import _draw_part
 from genhancer.errors import DataError
 
 
@@ -182,24 +184,24 @@ def test_probe_set_labels_every_fine_attribute(tmp_path):
 @pytest.mark.parametrize("kind", W.KINDS)
 def test_fine_cues_stay_on_their_object(kind):
     # Draw the bare silhouette and check the hole disc and the crack's band are inside it.
-    side, k = 400, W._KINDS[kind]
+    side, k = 400, G._KINDS[kind]
     r = side * 0.3
     mask = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(mask)
     for part in k.parts:
-        W._draw_part(draw, part, lambda x, y: (side / 2 + x * r, side / 2 + y * r), r, 0.0, 255)
+        _draw_part(draw, part, lambda x, y: (side / 2 + x * r, side / 2 + y * r), r, 0.0, 255)
     m = np.asarray(mask) > 0
     yy, xx = (np.mgrid[0:side, 0:side] - side / 2) / r
     cx, cy = k.core
-    hole = (xx - cx) ** 2 + (yy - cy) ** 2 < W._HOLE_RADIUS**2
+    hole = (xx - cx) ** 2 + (yy - cy) ** 2 < G._HOLE_RADIUS**2
     assert m[hole].all(), f"{kind}: the hole leaves the silhouette"
-    xs = [x for x, _ in W._CRACK]
-    ys = [y for _, y in W._CRACK]
-    pad = W._CRACK_WIDTH / 2
+    xs = [x for x, _ in G._CRACK]
+    ys = [y for _, y in G._CRACK]
+    pad = G._CRACK_WIDTH / 2
     band = ((xx - cx >= min(xs) - pad) & (xx - cx <= max(xs) + pad)
-            & (yy - cy - W._CRACK_Y >= min(ys) - pad) & (yy - cy - W._CRACK_Y <= max(ys) + pad))
+            & (yy - cy - G._CRACK_Y >= min(ys) - pad) & (yy - cy - G._CRACK_Y <= max(ys) + pad))
     assert m[band].all(), f"{kind}: the crack leaves the silhouette"
-    assert W._CRACK_Y + min(ys) - pad > W._HOLE_RADIUS, "crack and hole overlap"
+    assert G._CRACK_Y + min(ys) - pad > G._HOLE_RADIUS, "crack and hole overlap"
 
 
 def test_user_errors_raise_data_error(tmp_path):

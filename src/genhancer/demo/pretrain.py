@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from genhancer.data.jsonl import iter_jsonl
 from genhancer.errors import ConfigError, DataError, GenHancerError
 
 __all__ = ["DEFAULT_STEPS", "pretrain_clip", "read_captions"]
@@ -47,18 +48,11 @@ def read_captions(path: Path) -> list[tuple[str, str]]:
         raise DataError(f"{path}: no such file; expected a captions.jsonl with one "
                         '{"image": <relative path>, "text": <caption>} row per line')
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("image"), str) \
-                    or not isinstance(row.get("text"), str) or not row["text"].strip():
-                raise DataError(f'{path}:{n}: expected {{"image": <path>, "text": <non-empty caption>}}')
-            rows.append((row["image"], row["text"].strip()))
+    for n, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("image"), str) \
+                or not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise DataError(f'{path}:{n}: expected {{"image": <path>, "text": <non-empty caption>}}')
+        rows.append((row["image"], row["text"].strip()))
     if not rows:
         raise DataError(f"{path}: no captions; expected one JSON row per image")
     return rows
@@ -85,8 +79,9 @@ def _check_args(steps, batch_size, lr, image_size, patch_size, width, heads, tex
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
 
 
-def _load_pixels(corpus: Path, rows: list[tuple[str, str]], size: int, resample: int, show: bool):
-    """Decode every image once into uint8 [N,3,S,S], as the processor would resize / crop it.
+def _load_pixels(corpus: Path, rows: list[tuple[str, str]], enc, show: bool):
+    """Decode every image once into uint8 [N,3,S,S], resized / cropped by ``enc.resize_crop``
+    (the encoder's processor: CLIP's shortest edge to S, then centre crop).
 
     Returns the tensor, the indices of the rows kept and the skip counts: a bad image is
     skipped and counted, never fatal.
@@ -95,6 +90,7 @@ def _load_pixels(corpus: Path, rows: list[tuple[str, str]], size: int, resample:
 
     from genhancer.data.images import BadImage, SkipCounter, load_image
 
+    size = enc.spec.size
     pixels = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)
     kept, skipped = [], SkipCounter()
     for i, (rel, _) in enumerate(tqdm(rows, desc="load images", unit="img", disable=not show, leave=False)):
@@ -103,14 +99,7 @@ def _load_pixels(corpus: Path, rows: list[tuple[str, str]], size: int, resample:
         except BadImage as e:
             skipped.record(e)
             continue
-        if im.size != (size, size):
-            # CLIP's processor: shortest edge to S, then centre crop (as hf.preprocess_one).
-            w, h = im.size
-            nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-            im = im.resize((nw, nh), resample)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-        pixels[len(kept)] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        pixels[len(kept)] = torch.from_numpy(enc.resize_crop(im).copy()).permute(2, 0, 1)
         kept.append(i)
     return pixels[: len(kept)], kept, skipped
 
@@ -299,7 +288,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
         enc = load_encoder(str(tmp)).to(dev)
         if enc.spec.size != image_size:
             raise ConfigError(f"--init-from: the encoder takes {enc.spec.size} px images, --image-size is {image_size}")
-        pixels, kept, skipped = _load_pixels(corpus, rows, image_size, enc.spec.resample, show)
+        pixels, kept, skipped = _load_pixels(corpus, rows, enc, show)
         train_idx = torch.tensor([j for j, i in enumerate(kept) if i not in val_set], dtype=torch.long)
         val_idx = torch.tensor([j for j, i in enumerate(kept) if i in val_set], dtype=torch.long)
         if len(train_idx) < 2:

@@ -40,24 +40,16 @@ from genhancer.eval.common import (
     write_csv,
     write_json,
 )
-
-CATEGORIES = (
-    "Orientation and Direction",
-    "Presence of Specific Features",
-    "State and Condition",
-    "Quantity and Count",
-    "Positional and Relational Context",
-    "Color and Appearance",
-    "Structural Characteristics",
-    "Texts",
-    "Viewpoint and Perspective",
+from genhancer.mmvp_vlm import (  # re-exported: callers import them from here
+    CATEGORIES,
+    IMAGES_DIR,
+    PAIRS_PER_CATEGORY,
+    QUESTIONS_FILE,
+    REQUIRED_COLUMNS,
 )
-PAIRS_PER_CATEGORY = 15
+
 N_PAIRS = PAIRS_PER_CATEGORY * len(CATEGORIES)
-QUESTIONS_FILE = "Questions.csv"
-IMAGES_DIR = "MLLM_VLM Images"
 TEXT_PREFIX = "a photo of "
-REQUIRED_COLUMNS = ("Question ID", "Type", "Statement")
 
 
 @dataclass(frozen=True)

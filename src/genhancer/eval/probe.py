@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from genhancer.data.jsonl import iter_jsonl
 from genhancer.errors import DataError
 
 
@@ -45,22 +46,15 @@ def _read_label_rows(labels_file: Path) -> list[dict]:
     one-line ``DataError`` naming the line otherwise."""
     rows = []
     try:
-        lines = labels_file.read_text(encoding="utf-8").splitlines()
+        for n, row in iter_jsonl(labels_file, expected="; expected labels.jsonl rows with 'image' and "
+                                 "'label_ids' fields"):
+            if not isinstance(row, dict) or not isinstance(row.get("image"), str) \
+                    or not isinstance(row.get("label_ids"), dict):
+                raise DataError(f"{labels_file}:{n}: expected a JSON object with 'image' (a path) and "
+                                "'label_ids' (a mapping attribute -> class id)")
+            rows.append(row)
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"probe labels '{labels_file}' cannot be read: {e}") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{labels_file}:{n}: not valid JSON ({e.msg}); expected labels.jsonl rows "
-                            "with 'image' and 'label_ids' fields") from None
-        if not isinstance(row, dict) or not isinstance(row.get("image"), str) \
-                or not isinstance(row.get("label_ids"), dict):
-            raise DataError(f"{labels_file}:{n}: expected a JSON object with 'image' (a path) and 'label_ids' "
-                            "(a mapping attribute -> class id)")
-        rows.append(row)
     return rows
 
 
