@@ -52,7 +52,7 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
                     v.clear()
 
         bar = tqdm(desc="cache", unit="img", disable=not (sys.stderr.isatty() if progress is None else progress))
-        from genhancer.data.sources import make_loader
+        from genhancer.data.loader import make_loader
 
         for aug in range(augmentations):
             # Epoch = augmentation index: each pass draws fresh crops (seeded by epoch and key).

@@ -33,9 +33,6 @@ TOO_LARGE = "too-large"
 MISSING = "missing"
 UNREADABLE = "unreadable"  # the path exists but cannot be opened (a symlink loop, no permission)
 
-# File suffixes (lower-case) taken for images wherever a folder or an archive is listed.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
 # JPEG's DCT decoder can shrink by these factors while decoding (``Image.draft``), so a
 # huge photo is decoded small instead of being refused.
 _DRAFT_SCALES = (1, 2, 4, 8)

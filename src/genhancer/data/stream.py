@@ -61,7 +61,7 @@ class BatchStream:
         if self.from_cache:
             self.source.set_epoch(self.epoch)
             return self.source.batches(self.cfg.data.batch_size, skip=self.batches_in_epoch)
-        from genhancer.data.sources import make_loader
+        from genhancer.data.loader import make_loader
 
         return iter(make_loader(self.source, self.views, self.cfg.data.batch_size, self.cfg.data.num_workers,
                                 seed=self.cfg.train.seed))
