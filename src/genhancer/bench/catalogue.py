@@ -19,6 +19,11 @@ DEMO_IMAGE_SIZE = 64  # -> 8x8 latent -> 4x4 = 16 tokens
 TOKEN_COUNTS = (16, 256)
 
 
+def token_channels(preset: str) -> int:
+    """Token channels a denoiser preset is benched with: its latent space's (patchified)."""
+    return FLUX_VAE_TOKEN_CHANNELS if preset == "flux-lite" else TAEF2_TOKEN_CHANNELS
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionLanguageSpec:
     """Sizes of a CLIP-family checkpoint, enough to count parameters and FLOPs."""

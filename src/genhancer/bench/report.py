@@ -39,6 +39,16 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append(f"  AdamW update of {o['preset']} ({o['params'] / 1e6:.2f} M): foreach {o['foreach_s'] * 1e3:.1f} ms, "
                      f"fused {o['fused_s'] * 1e3:.1f} ms ({o['speedup']:.2f}x; the training loop uses fused)")
 
+    if "reference" in res:
+        ref = res["reference"]
+        section(f"reference MM-DiT: ours vs diffusers FluxTransformer2DModel, same dimensions ({ref['preset']}; "
+                f"fwd + bwd + fused AdamW, alternating rounds)")
+        lines.append(f"  parameters: ours {ref['params_ours'] / 1e6:.2f} M, diffusers {ref['params_diffusers'] / 1e6:.2f} M")
+        lines.append(f"  {'batch x tokens':<16}{'ours ms':>10}{'diffusers ms':>14}{'ours / diffusers':>18}")
+        for r in ref["shapes"]:
+            lines.append(f"  {r['batch']:>5} x {r['tokens']:<8}{r['ours_step_s'] * 1e3:>10.1f}"
+                         f"{r['diffusers_step_s'] * 1e3:>14.1f}{r['speedup']:>16.2f}x faster")
+
     e = res["enhancer"]
     section(f"enhancer optimizer step (tiny CLIP @ {e['encoder_image_size']} px, batch {e['batch']})")
     lines.append(f"  {'':<40}{'from tensors':>14}{'from files':>12}")

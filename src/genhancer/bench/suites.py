@@ -18,7 +18,10 @@ One run measures, on one machine (ratios are what to read; absolute times move w
 5. **peak memory**: max RSS on CPU, ``torch.cuda.max_memory_allocated`` per section on CUDA;
 6. the optimizer update alone, ``foreach`` vs fused AdamW; optionally the speed-up of
    ``torch.compile`` on the denoiser step;
-7. an analytic memory estimate of a paper-sized run (:func:`~genhancer.bench.memory.memory_estimate`).
+7. an analytic memory estimate of a paper-sized run (:func:`~genhancer.bench.memory.memory_estimate`);
+8. **reference MM-DiT**: our denoiser's train step next to diffusers' ``FluxTransformer2DModel``
+   of the same dimensions, as a speed ratio (:mod:`genhancer.bench.reference`; ``small``,
+   ``tiny`` with ``quick``).
 
 The training-step rows (2, 3, 6) are in :mod:`genhancer.bench.timing`; FLOPs are counted
 as :mod:`genhancer.bench.flops` describes.
@@ -38,6 +41,7 @@ import torch
 from genhancer.bench.catalogue import DEMO_IMAGE_SIZE, REFERENCE_ENCODER, TOKEN_COUNTS, build_reference_clip
 from genhancer.bench.flops import vit_forward_flops
 from genhancer.bench.memory import memory_estimate
+from genhancer.bench.reference import bench_reference
 from genhancer.bench.report import format_table
 from genhancer.bench.timing import (
     Peak,
@@ -174,7 +178,7 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         enh_batch, n_images, n_ref_images, n_files = (64 if cuda else 32), 128, 32, 256
     eval_batch = 32
 
-    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 4 + int(compile))
+    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 5 + int(compile))
     bar = tqdm(total=tasks, desc="bench", unit="task", dynamic_ncols=True,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     res: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__,
@@ -221,6 +225,14 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         bar.update()
     mem_sections["denoiser"] = pk.mb
     done("denoiser")
+
+    # 8. the same step against diffusers' FLUX transformer of the same dimensions
+    with Peak(device) as pk:
+        task("reference MM-DiT (diffusers)")
+        res["reference"] = bench_reference("tiny" if quick else "small", device, amp, **reps)
+        bar.update()
+    mem_sections["reference"] = pk.mb
+    done("reference")
 
     with tempfile.TemporaryDirectory(prefix="genhancer-bench-") as tmp:
         tmp = Path(tmp)

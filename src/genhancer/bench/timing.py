@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from genhancer.bench.catalogue import FLUX_VAE_TOKEN_CHANNELS, TAEF2_TOKEN_CHANNELS
+from genhancer.bench.catalogue import token_channels
 from genhancer.bench.flops import flow_dit_train_flops
 from genhancer.denoisers.flow_dit import PRESETS
 
@@ -178,10 +178,6 @@ def write_images(folder: Path, n: int, size: int = 256, seed: int = 0) -> list[P
 # ----------------------------------------------------------------------------- training-step rows
 
 
-def _denoiser_in_channels(preset: str) -> int:
-    return FLUX_VAE_TOKEN_CHANNELS if preset == "flux-lite" else TAEF2_TOKEN_CHANNELS
-
-
 def denoiser_fwd_bwd(model: torch.nn.Module, tokens: int, batch: int, device: torch.device,
                      amp: torch.dtype | None, compile: bool = False) -> Callable[[], None]:
     """One forward + backward of ``model`` on fixed random tokens (gradients dropped)."""
@@ -214,7 +210,7 @@ def bench_denoiser(preset: str, tokens: int, batch: int, device: torch.device,
 
     side = math.isqrt(tokens)
     tokens = side * side
-    model = build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size).to(device)
+    model = build_flow_dit(preset, token_channels(preset), PRESETS[preset].hidden_size).to(device)
     best, median = best_time(denoiser_fwd_bwd(model, tokens, batch, device, amp), device, warmup, reps, min_time)
     flops = batch * flow_dit_train_flops(model.params, tokens, 1)
     return {"preset": preset, "tokens": tokens, "batch": batch, "params": sum(p.numel() for p in model.parameters()),
@@ -229,7 +225,7 @@ def bench_optimizer(preset: str, device: torch.device, warmup: int = 1, reps: in
     (torch's default) vs the fused kernel the training loop uses, timed in turn."""
     from genhancer.denoisers.flow_dit import build_flow_dit
 
-    params = list(build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size)
+    params = list(build_flow_dit(preset, token_channels(preset), PRESETS[preset].hidden_size)
                   .to(device).parameters())
     g = torch.Generator(device="cpu").manual_seed(0)
     for prm in params:
@@ -250,7 +246,7 @@ def bench_compile(preset: str, tokens: int, batch: int, device: torch.device, am
     """
     from genhancer.denoisers.flow_dit import build_flow_dit
 
-    model = build_flow_dit(preset, _denoiser_in_channels(preset), PRESETS[preset].hidden_size).to(device)
+    model = build_flow_dit(preset, token_channels(preset), PRESETS[preset].hidden_size).to(device)
     eager = denoiser_fwd_bwd(model, tokens, batch, device, amp)
     compiled = denoiser_fwd_bwd(model, tokens, batch, device, amp, compile=True)
     try:
