@@ -194,6 +194,9 @@ def test_run_bench_quick(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "matmul ceiling" in out and "memory estimate" in out
     assert "x bound; from files" in out and "ViT-B/32 shape" in out
+    ref = res["reference"]
+    assert ref["preset"] == "tiny" and [(r["batch"], r["tokens"]) for r in ref["shapes"]] == [(32, 16), (4, 256)]
+    assert "reference MM-DiT: ours vs diffusers FluxTransformer2DModel" in out and "x faster" in out
 
 
 def test_reference_encoder_has_vit_b32_shape(tmp_path):
@@ -274,3 +277,28 @@ def test_memory_recipe_cli_needs_cuda_and_overrides_need_it(tmp_path):
     assert r.returncode == 2 and "needs a CUDA device" in r.stderr and "Traceback" not in r.stderr
     r = cli("data.batch_size=8")
     assert r.returncode == 2 and "only go with --memory-recipe" in r.stderr
+
+
+# ----------------------------------------------------------------------------- reference MM-DiT
+
+
+def test_reference_flux_has_our_dimensions_and_a_ratio():
+    """diffusers' FLUX transformer built from a preset: the same size within 2 % (only the
+    condition's text-token embedder differs), the same output shape, a finite positive ratio."""
+    from genhancer.bench.reference import _inputs, bench_reference, build_reference_flux, forward_theirs
+    from genhancer.denoisers.flow_dit import PRESETS
+
+    for preset in ("tiny", "small"):
+        ours = build_flow_dit(preset, 128, PRESETS[preset].hidden_size, device="meta")
+        with torch.device("meta"):
+            theirs = build_reference_flux(ours.params)
+        n_ours, n_theirs = (sum(p.numel() for p in m.parameters()) for m in (ours, theirs))
+        assert abs(n_ours - n_theirs) / n_ours < 0.02, (preset, n_ours, n_theirs)
+    ours = build_flow_dit("tiny", 128, 64)
+    d = _inputs(ours.params, 2, 16, torch.device("cpu"))
+    assert forward_theirs(build_reference_flux(ours.params), d).shape == ours(d["x"], d["t"], d["cond"]).shape
+    r = bench_reference("tiny", torch.device("cpu"), shapes=((2, 16),), warmup=0, reps=1)
+    assert r["params_ours"] == count_params("tiny", 128, 64) and abs(r["params_ours"] - r["params_diffusers"]) / r["params_ours"] < 0.02
+    row = r["shapes"][0]
+    assert math.isfinite(row["speedup"]) and row["speedup"] > 0
+    assert row["speedup"] == pytest.approx(row["diffusers_step_s"] / row["ours_step_s"])

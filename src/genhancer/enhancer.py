@@ -87,13 +87,6 @@ class Enhancer(nn.Module):
         for prm in self.denoiser.parameters():
             prm.requires_grad_(denoiser)
 
-    def set_stage(self, stage: str) -> None:
-        """``set_trainable`` as the stage table says for ``stage`` (by-config parts train).
-        For callers that name a stage (``genhancer bench``); training applies its Stage itself."""
-        from genhancer.training.stage import stage_of
-
-        stage_of(stage).apply(self)
-
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 

@@ -174,8 +174,10 @@ class SingleStreamBlock(nn.Module):
     def forward(self, x: torch.Tensor, vec: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
         mod, _ = self.modulation(vec)
         h = self.linear1(modulate(self.pre_norm(x), mod.shift, mod.scale))
-        qkv, mlp = torch.split(h, [3 * self.hidden_size, self.mlp_hidden], dim=-1)
-        q, k, v = (split_heads(a, self.num_heads) for a in qkv.chunk(3, dim=-1))
+        # One split into q, k, v and the MLP input (not split, then chunk): its backward is a
+        # single concatenation of the four gradients, with no extra copy of h's gradient.
+        q, k, v, mlp = torch.split(h, [self.hidden_size] * 3 + [self.mlp_hidden], dim=-1)
+        q, k, v = (split_heads(a, self.num_heads) for a in (q, k, v))
         q, k = self.norm(q, k, v)
         out = self.linear2(torch.cat((attention(q, k, v, pe=pe), self.mlp_act(mlp)), dim=-1))
         return x + mod.gate * out
