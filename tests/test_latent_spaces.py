@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from genhancer.errors import ModelLoadError, ShapeError
-from genhancer.tokenizers import taef2 as taef2_mod
-from genhancer.tokenizers.patchify import patchify, unpatchify
-from genhancer.tokenizers.pixels import PixelSpace
-from genhancer.tokenizers.taef2 import TAEF2Space, load_taef2_state, taef2_decoder, taef2_encoder
-from genhancer.tokenizers.vae import FLUX_SCALE, FLUX_SHIFT, VAESpace
+from genhancer.latents import taef2 as taef2_mod
+from genhancer.latents.patchify import patchify, unpatchify
+from genhancer.latents.pixels import PixelSpace
+from genhancer.latents.taef2 import TAEF2Space, load_taef2_state, taef2_decoder, taef2_encoder
+from genhancer.latents.vae import FLUX_SCALE, FLUX_SHIFT, VAESpace
 
 # ----------------------------------------------------------------------------- patchify
 

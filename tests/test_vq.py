@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from genhancer.denoisers.perceiver import PerceiverDenoiser, check_compatible
 from genhancer.errors import CheckpointError, ConfigError, ModelLoadError, ShapeError
-from genhancer.tokenizers.vq import (
+from genhancer.latents.vq import (
     VectorQuantizer,
     VQSpace,
     VQTokenizer,

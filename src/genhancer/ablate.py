@@ -92,7 +92,7 @@ def _evaluate(encoder, demo_dir: Path) -> dict:
 def _ensure_vq(demo_dir: Path, s: AblateSettings) -> Path:
     """The discrete variant's VQ tokenizer, trained once on the corpus and shared by all seeds."""
     from genhancer.data.in_memory import load_image_tensor
-    from genhancer.tokenizers.vq_train import train_vq_tokenizer
+    from genhancer.latents.vq_train import train_vq_tokenizer
 
     vq = demo_dir / "vq"
     if not (vq / "metrics.json").is_file():

@@ -30,7 +30,7 @@ from genhancer.projector import Projector
 
 def _frozen_latent_space(cfg: ModelConfig) -> nn.Module:
     """The latent space named by ``cfg.tokenizer``, frozen (its buffers still load from checkpoints)."""
-    from genhancer.tokenizers import build_latent_space
+    from genhancer.latents import build_latent_space
 
     space = build_latent_space(cfg.tokenizer)
     for p in space.parameters():
@@ -139,7 +139,7 @@ class Enhancer(nn.Module):
         cond, cond_tokens = self.condition(global_token, patches, generator)
         if self.space.discrete:
             return self.objective.loss(self.denoiser, z.flatten(1), cond, cond_tokens, generator=generator)
-        from genhancer.tokenizers.patchify import patchify
+        from genhancer.latents.patchify import patchify
 
         x1 = patchify(z, self.patch)
         return self.objective.loss(self.denoiser, x1, cond, cond_tokens, grid=self.grid, generator=generator)
@@ -156,7 +156,7 @@ class Enhancer(nn.Module):
             codes = self.objective.sample(self.denoiser, cond, h * w, cond_tokens=cond_tokens, steps=steps,
                                           generator=generator)
             return self.space.decode(codes.view(-1, h, w))
-        from genhancer.tokenizers.patchify import unpatchify
+        from genhancer.latents.patchify import unpatchify
 
         p = self.patch
         shape = (cond.shape[0], self.grid[0] * self.grid[1], self.space.channels * p * p)

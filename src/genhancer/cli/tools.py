@@ -108,7 +108,7 @@ def _add_tokenizer(p):
 @command("tokenizer", "train a VQ tokenizer for the discrete denoiser")
 def cmd_tokenizer(args) -> int:
     from genhancer.data.in_memory import load_image_tensor
-    from genhancer.tokenizers.vq_train import train_vq_tokenizer
+    from genhancer.latents.vq_train import train_vq_tokenizer
 
     images, skipped = load_image_tensor(args.data_kind, args.data, args.image_size, args.max_images)
     m = train_vq_tokenizer(images, args.out, codebook_size=args.codebook_size, codebook_dim=args.codebook_dim,

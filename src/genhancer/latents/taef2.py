@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from genhancer.errors import DataError, ModelLoadError, ShapeError
-from genhancer.tokenizers.base import LatentSpace
+from genhancer.latents.base import LatentSpace
 
 LATENT_CHANNELS = 32
 WIDTH = 64

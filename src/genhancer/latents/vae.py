@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from genhancer.errors import ModelLoadError, ShapeError
-from genhancer.tokenizers.base import LatentSpace
+from genhancer.latents.base import LatentSpace
 
 FLUX_SHIFT = 0.1159
 FLUX_SCALE = 0.3611

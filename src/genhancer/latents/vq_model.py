@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genhancer.errors import CheckpointError, ConfigError
-from genhancer.tokenizers.base import LatentSpace
+from genhancer.latents.base import LatentSpace
 
 CHECKPOINT_KIND = "genhancer-vq"
 WEIGHTS_NAME = "vq_tokenizer.safetensors"

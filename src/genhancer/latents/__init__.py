@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from genhancer.config import TokenizerConfig
-from genhancer.tokenizers.base import LatentSpace
+from genhancer.latents.base import LatentSpace
 
 
 def build_latent_space(cfg: TokenizerConfig) -> LatentSpace:
     if cfg.kind == "taef2":
-        from genhancer.tokenizers.taef2 import TAEF2Space
+        from genhancer.latents.taef2 import TAEF2Space
 
         return TAEF2Space()
     if cfg.kind == "vae":
-        from genhancer.tokenizers.vae import VAESpace
+        from genhancer.latents.vae import VAESpace
 
         return VAESpace(cfg.name_or_path, shift=cfg.shift, scale=cfg.scale, sample_posterior=cfg.sample_posterior)
     if cfg.kind == "pixels":
-        from genhancer.tokenizers.pixels import PixelSpace
+        from genhancer.latents.pixels import PixelSpace
 
         return PixelSpace()
-    from genhancer.tokenizers.vq import load_vq_space
+    from genhancer.latents.vq import load_vq_space
 
     return load_vq_space(cfg.name_or_path)
 

@@ -1,4 +1,4 @@
-"""Training and evaluating a :class:`~genhancer.tokenizers.vq_model.VQTokenizer` on images
+"""Training and evaluating a :class:`~genhancer.latents.vq_model.VQTokenizer` on images
 in [-1, 1] (``genhancer train-vq`` and the ablation's tokenizer step).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from genhancer.errors import ConfigError, ShapeError
-from genhancer.tokenizers.vq_model import VQTokenizer
+from genhancer.latents.vq_model import VQTokenizer
 
 
 def _as_image(item) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Pixel space as a latent space: the identity, for small images and CPU demos.
 
-Patchifying (``p x p`` pixels -> one token) happens in :mod:`genhancer.tokenizers.patchify`,
+Patchifying (``p x p`` pixels -> one token) happens in :mod:`genhancer.latents.patchify`,
 like for every other continuous space.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from genhancer.tokenizers.base import LatentSpace
+from genhancer.latents.base import LatentSpace
 
 
 class PixelSpace(LatentSpace):

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from genhancer.errors import CheckpointError, ModelLoadError, ShapeError
-from genhancer.tokenizers.base import LatentSpace
-from genhancer.tokenizers.vq_model import (
+from genhancer.latents.base import LatentSpace
+from genhancer.latents.vq_model import (
     CHECKPOINT_KIND,
     CONFIG_NAME,
     METRICS_NAME,
@@ -32,7 +32,7 @@ from genhancer.tokenizers.vq_model import (
     VectorQuantizer,
     VQTokenizer,
 )
-from genhancer.tokenizers.vq_train import evaluate_vq, train_vq_tokenizer
+from genhancer.latents.vq_train import evaluate_vq, train_vq_tokenizer
 
 # ----------------------------------------------------------------------------- diffusers backend
 
