@@ -166,7 +166,8 @@ def test_run_bench_quick(tmp_path, capsys):
             build_flow_dit(r["preset"], 128, 64, device="meta").params, r["tokens"], 1)
     for k in ("stage1_uncached_samples_per_s", "stage1_cached_samples_per_s", "stage2_samples_per_s",
               "cache_speedup", "stage1_files_samples_per_s", "stage1_cache_files_samples_per_s",
-              "cache_speedup_files"):
+              "cache_speedup_files", "stage2_cached_samples_per_s", "stage2_cache_speedup",
+              "stage2_files_samples_per_s", "stage2_cache_files_samples_per_s", "stage2_cache_speedup_files"):
         assert res["enhancer"][k] > 0
     for e in (res["enhancer"], res["enhancer_tiny"]):
         # the bound adds the skipped frozen forwards to the cached step: > 1 by construction
@@ -174,6 +175,10 @@ def test_run_bench_quick(tmp_path, capsys):
         t = e["step_s"]
         assert e["cache_bound"] == pytest.approx((t["frozen_inputs"] + t["stage1_cached"]) / t["stage1_cached"])
         assert e["cache_bound"] > 1
+        # stage 2 from a --with-pixels cache skips only the autoencoder forward
+        assert e["stage2_cache_bound"] == pytest.approx(
+            (t["latent_encode"] + t["stage2_cached"]) / t["stage2_cached"])
+        assert e["stage2_cache_bound"] > 1
     assert res["enhancer"]["files_images"] == 8
     o = res["optimizer"]
     assert o["preset"] == "tiny" and o["speedup"] == pytest.approx(o["foreach_s"] / o["fused_s"])

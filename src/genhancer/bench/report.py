@@ -51,7 +51,10 @@ def format_table(res: dict[str, Any]) -> str:
 
     e = res["enhancer"]
     section(f"enhancer optimizer step (tiny CLIP @ {e['encoder_image_size']} px, batch {e['batch']})")
-    lines.append(f"  {'':<40}{'from tensors':>14}{'from files':>12}")
+    lines.append(f"  {'':<44}{'from tensors':>14}{'from files':>12}")
+
+    def row(label, a, b):
+        lines.append(f"  {label:<44}{a:>14.1f}{(f'{b:.1f}' if b else '-'):>12}")
     for k in ("enhancer", "enhancer_tiny"):
         if k not in res:
             continue
@@ -59,15 +62,18 @@ def format_table(res: dict[str, Any]) -> str:
         files = r.get("stage1_files_samples_per_s")
         cache_files = r.get("stage1_cache_files_samples_per_s")
 
-        def row(label, a, b):
-            lines.append(f"  {label:<40}{a:>14.1f}{(f'{b:.1f}' if b else '-'):>12}")
-
         den = r["denoiser"]
         row(f"{den} stage 1 from images (samples/s)", r["stage1_uncached_samples_per_s"], files)
         row(f"{den} stage 1 from cache (samples/s)", r["stage1_cached_samples_per_s"], cache_files)
         lines.append(f"  {den} cache speed-up {r['cache_speedup']:.2f}x of a {r['cache_bound']:.2f}x bound"
                      + (f"; from files {r['cache_speedup_files']:.2f}x" if "cache_speedup_files" in r else ""))
-    lines.append(f"  stage 2 (LoRA), {e['denoiser']}, images {e['stage2_samples_per_s']:>8.1f} samples/s")
+    den = e["denoiser"]
+    row(f"{den} stage 2 (LoRA) from images (samples/s)", e["stage2_samples_per_s"], e.get("stage2_files_samples_per_s"))
+    row(f"{den} stage 2 from a --with-pixels cache", e["stage2_cached_samples_per_s"],
+        e.get("stage2_cache_files_samples_per_s"))
+    lines.append(f"  {den} stage-2 cache speed-up {e['stage2_cache_speedup']:.2f}x of a {e['stage2_cache_bound']:.2f}x "
+                 "bound (the autoencoder forward it skips)"
+                 + (f"; from files {e['stage2_cache_speedup_files']:.2f}x" if "stage2_cache_speedup_files" in e else ""))
 
     for key in ("eval", "eval_reference"):
         if key not in res:

@@ -268,10 +268,12 @@ def _enhancer_config(clip_dir: Path, preset: str = "small", overrides: tuple[str
     return load_config("tiny", [f"encoder.name_or_path={clip_dir}", f"denoiser.preset={preset}", *overrides])
 
 
-def _file_streams(clip_dir: Path, preset: str, enhancer, work: Path, batch: int, n_images: int):
+def _file_streams(clip_dir: Path, preset: str, enhancer, work: Path, batch: int, n_images: int,
+                  stage: str = "1"):
     """The two real ``BatchStream`` s of ``genhancer train``: a folder of 256 px JPEGs (decode,
     random resized crops to both views; ``num_workers=0``, so loading is in the timed step as
-    it is in the demo) and a cache built from the same folder by :func:`build_cache`."""
+    it is in the demo) and a cache built from the same folder by :func:`build_cache`
+    (stage 2: a ``--with-pixels`` cache, read as stage 2 reads it)."""
     from genhancer.data.cache_build import build_cache
     from genhancer.data.stream import BatchStream
 
@@ -280,10 +282,12 @@ def _file_streams(clip_dir: Path, preset: str, enhancer, work: Path, batch: int,
         write_images(folder, n_images, seed=1)
     common = (f"data.batch_size={batch}", "data.num_workers=0")
     files_cfg = _enhancer_config(clip_dir, preset, ("data.kind=folder", f"data.path={folder}", *common))
-    cache_dir = work / f"stage1_cache_{n_images}"
+    pixels = stage != "1"
+    cache_dir = work / f"stage1_cache_{n_images}{'_pixels' if pixels else ''}"
     if not cache_dir.exists():
-        build_cache(files_cfg, cache_dir, progress=False)
-    cache_cfg = _enhancer_config(clip_dir, preset, ("data.kind=cache", f"data.path={cache_dir}", *common))
+        build_cache(files_cfg, cache_dir, progress=False, pixels=pixels)
+    cache_cfg = _enhancer_config(clip_dir, preset, ("data.kind=cache", f"data.path={cache_dir}",
+                                                    f"train.stage={stage}", *common))
     return BatchStream(files_cfg, enhancer, 0, 1), BatchStream(cache_cfg, enhancer, 0, 1)
 
 
@@ -300,7 +304,11 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
 
     With ``work`` (a scratch folder), stage 1 is also timed end to end through the real data
     path, as ``genhancer train`` runs it: the next batch from a folder of ``n_images`` JPEGs
-    vs from a cache of them, plus the step (``stage1_files`` / ``stage1_cache_files``)."""
+    vs from a cache of them, plus the step (``stage1_files`` / ``stage1_cache_files``).
+
+    Stage 2 likewise: from images vs from a ``--with-pixels`` cache (cached latents plus
+    the encoder view as uint8), which skips only the autoencoder's forward; its Amdahl
+    bound is (latent encode + pixel-cached step) / pixel-cached step (``stage2_cache_bound``)."""
     from genhancer.enhancer import Enhancer
     from genhancer.training.stage import STAGES
 
@@ -327,9 +335,16 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
             stage1.encode(raw["pixel_values"])
             stage1.target(raw["gen_pixels"])
 
+    def latent_encode():  # the one a stage-2 step from a pixel cache does not run
+        with torch.no_grad(), autocast(device, amp):
+            stage1.target(raw["gen_pixels"])
+
+    pixel_cached = {"pixel_values": raw["pixel_values"], "latents": cached["latents"]}
+
     (s1_raw, n1), (s1_cache, _), (s2, n2) = (make_step(stage1, lambda: raw), make_step(stage1, lambda: cached),
                                              make_step(stage2, lambda: raw))
-    fns = {"stage1_uncached": s1_raw, "stage1_cached": s1_cache, "stage2": s2, "frozen_inputs": inputs}
+    fns = {"stage1_uncached": s1_raw, "stage1_cached": s1_cache, "stage2": s2, "frozen_inputs": inputs,
+           "stage2_cached": make_step(stage2, lambda: pixel_cached)[0], "latent_encode": latent_encode}
     if work is not None:
         files, cache = _file_streams(clip_dir, preset, stage1, work, batch, n_images)
 
@@ -340,6 +355,11 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
 
         fns["stage1_files"] = make_step(stage1, from_stream(files))[0]
         fns["stage1_cache_files"] = make_step(stage1, from_stream(cache))[0]
+        # Read as e2e reads it (the same pixel-cache path as stage 2, minus the check that
+        # the latent statistics match a stage-1 run's: this bench has none).
+        files2, cache2 = _file_streams(clip_dir, preset, stage2, work, batch, n_images, stage="e2e")
+        fns["stage2_files"] = make_step(stage2, from_stream(files2))[0]
+        fns["stage2_cache_files"] = make_step(stage2, from_stream(cache2))[0]
     t = interleaved_times(fns, device, warmup, reps, min_time)
     best = {k: v[0] for k, v in t.items()}
     out = {"batch": batch, "denoiser": cfg.denoiser.preset, "encoder_image_size": s_enc,
@@ -349,11 +369,17 @@ def bench_enhancer(clip_dir: Path, device: torch.device, batch: int, amp: torch.
            "cache_speedup": best["stage1_uncached"] / best["stage1_cached"],
            "cache_bound": (best["frozen_inputs"] + best["stage1_cached"]) / best["stage1_cached"],
            "stage2_samples_per_s": batch / best["stage2"],
+           "stage2_cached_samples_per_s": batch / best["stage2_cached"],
+           "stage2_cache_speedup": best["stage2"] / best["stage2_cached"],
+           "stage2_cache_bound": (best["latent_encode"] + best["stage2_cached"]) / best["stage2_cached"],
            "step_s": best, "step_s_median": {k: v[1] for k, v in t.items()}}
     if work is not None:
         out.update({"files_images": n_images,
                     "stage1_files_samples_per_s": batch / best["stage1_files"],
                     "stage1_cache_files_samples_per_s": batch / best["stage1_cache_files"],
-                    "cache_speedup_files": best["stage1_files"] / best["stage1_cache_files"]})
+                    "cache_speedup_files": best["stage1_files"] / best["stage1_cache_files"],
+                    "stage2_files_samples_per_s": batch / best["stage2_files"],
+                    "stage2_cache_files_samples_per_s": batch / best["stage2_cache_files"],
+                    "stage2_cache_speedup_files": best["stage2_files"] / best["stage2_cache_files"]})
     return out
 
