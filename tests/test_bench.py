@@ -180,6 +180,9 @@ def test_run_bench_quick(tmp_path, capsys):
             (t["latent_encode"] + t["stage2_cached"]) / t["stage2_cached"])
         assert e["stage2_cache_bound"] > 1
     assert res["enhancer"]["files_images"] == 8
+    pr = res["pretrain"]
+    assert pr["flops_per_s"] == pytest.approx(pr["flops_per_step"] / pr["step_s"])
+    assert pr["pct_of_ceiling"] == pytest.approx(100 * pr["flops_per_s"] / res["matmul"]["fp32"]["flops"])
     o = res["optimizer"]
     assert o["preset"] == "tiny" and o["speedup"] == pytest.approx(o["foreach_s"] / o["fused_s"])
     for key, size in (("eval", 64), ("eval_reference", 224)):
@@ -307,3 +310,25 @@ def test_reference_flux_has_our_dimensions_and_a_ratio():
     row = r["shapes"][0]
     assert math.isfinite(row["speedup"]) and row["speedup"] > 0
     assert row["speedup"] == pytest.approx(row["diffusers_step_s"] / row["ours_step_s"])
+
+
+def test_clip_step_flops_matches_the_flop_counter():
+    """The analytic count of a contrastive step equals torch's FLOP counter on the real
+    CLIPModel forward (matrix products only), times 3 for the step."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPConfig, CLIPModel
+
+    from genhancer.bench.pretrain import clip_step_flops
+
+    cfg = CLIPConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, image_size=32, patch_size=8),
+                     text_config=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                                      num_attention_heads=4, vocab_size=100, max_position_embeddings=16),
+                     projection_dim=16)
+    # eager attention: the FLOP counter does not see CPU SDPA's products
+    model = CLIPModel._from_config(cfg, attn_implementation="eager").eval()
+    batch, tokens = 3, 7
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        out = model(input_ids=torch.randint(0, 100, (batch, tokens)), pixel_values=torch.randn(batch, 3, 32, 32))
+        out.logits_per_image.sum()
+    assert clip_step_flops(cfg.to_dict(), batch, tokens) == 3 * fc.get_total_flops()

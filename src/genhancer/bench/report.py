@@ -49,6 +49,13 @@ def format_table(res: dict[str, Any]) -> str:
             lines.append(f"  {r['batch']:>5} x {r['tokens']:<8}{r['ours_step_s'] * 1e3:>10.1f}"
                          f"{r['diffusers_step_s'] * 1e3:>14.1f}{r['speedup']:>16.2f}x faster")
 
+    if "pretrain" in res:
+        pr = res["pretrain"]
+        section(f"genhancer pretrain-clip (tiny CLIP {pr['vision']}, {pr['image_size']} px, batch {pr['batch']}, "
+                f"captions {pr['text_tokens']} tokens; {pr['steps']} real steps)")
+        lines.append(f"  {pr['step_s'] * 1e3:.1f} ms / step, {_fmt_flops(pr['flops_per_s'])} "
+                     f"(analytic matmul FLOPs), {pr['pct_of_ceiling']:.1f}% of the fp32 matmul ceiling")
+
     e = res["enhancer"]
     section(f"enhancer optimizer step (tiny CLIP @ {e['encoder_image_size']} px, batch {e['batch']})")
     lines.append(f"  {'':<44}{'from tensors':>14}{'from files':>12}")

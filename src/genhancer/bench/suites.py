@@ -41,6 +41,7 @@ import torch
 from genhancer.bench.catalogue import DEMO_IMAGE_SIZE, REFERENCE_ENCODER, TOKEN_COUNTS, build_reference_clip
 from genhancer.bench.flops import vit_forward_flops
 from genhancer.bench.memory import memory_estimate
+from genhancer.bench.pretrain import bench_pretrain
 from genhancer.bench.reference import bench_reference
 from genhancer.bench.report import format_table
 from genhancer.bench.timing import (
@@ -178,7 +179,7 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         enh_batch, n_images, n_ref_images, n_files = (64 if cuda else 32), 128, 32, 256
     eval_batch = 32
 
-    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 5 + int(compile))
+    tasks = (1 + int(amp is not None) + len(presets) * len(TOKEN_COUNTS) + 6 + int(compile))
     bar = tqdm(total=tasks, desc="bench", unit="task", dynamic_ncols=True,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     res: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__,
@@ -233,6 +234,14 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         bar.update()
     mem_sections["reference"] = pk.mb
     done("reference")
+
+    # 9. genhancer pretrain-clip at the shipped tiny CLIP's sizes, against the fp32 ceiling
+    with Peak(device) as pk:
+        task("pretrain-clip steps")
+        res["pretrain"] = bench_pretrain(res["matmul"]["fp32"]["flops"], quick=quick)
+        bar.update()
+    mem_sections["pretrain"] = pk.mb
+    done("pretrain")
 
     with tempfile.TemporaryDirectory(prefix="genhancer-bench-") as tmp:
         tmp = Path(tmp)
