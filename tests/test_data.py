@@ -23,7 +23,7 @@ from PIL import Image
 from genhancer.config import DataConfig
 from genhancer.data import source_base
 from genhancer.data.images import BadImage, SkipCounter, load_image
-from genhancer.data.loader import _one_line
+from genhancer.data.loader import _one_line, make_loader
 from genhancer.data.sources import (
     CsvSource,
     FolderSource,
@@ -31,7 +31,6 @@ from genhancer.data.sources import (
     JsonlSource,
     WebDatasetSource,
     build_source,
-    make_loader,
 )
 from genhancer.data.transforms import PairedViews
 from genhancer.errors import DataError

@@ -1,9 +1,9 @@
 """Image-text sources: folder, CSV / JSONL, webdataset shards, saved HF datasets.
 
 The entry point: ``build_source`` (here) opens the source a ``DataConfig`` names and
-``make_loader`` batches it. The code lives in ``source_base`` (the base class: split,
+``genhancer.data.loader.make_loader`` batches it. The code lives in ``source_base`` (the base class: split,
 shuffle, resume), ``file_sources`` (folder, csv, jsonl, hf), ``webdataset_source`` and
-``loader``; every public name is re-exported here.
+``loader``; every source class is re-exported here.
 
 Every source is a ``torch.utils.data.IterableDataset`` yielding
 ``{"image": PIL RGB, "text": str, "key": str}``; the method itself only needs the image
@@ -54,8 +54,6 @@ from __future__ import annotations
 
 from genhancer.config import DataConfig
 from genhancer.data.file_sources import CsvSource, FolderSource, HFSource, JsonlSource
-from genhancer.data.images import IMAGE_EXTENSIONS
-from genhancer.data.loader import SourceLoader, make_loader
 from genhancer.data.source_base import ImageSource, IndexedSource, seed_of
 from genhancer.data.webdataset_source import WebDatasetSource
 from genhancer.errors import DataError
@@ -89,6 +87,6 @@ def build_source(cfg: DataConfig, rank: int = 0, world_size: int = 1, seed: int 
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "ImageSource", "IndexedSource", "FolderSource", "CsvSource", "JsonlSource",
-    "WebDatasetSource", "HFSource", "SourceLoader", "build_source", "make_loader", "seed_of",
+    "ImageSource", "IndexedSource", "FolderSource", "CsvSource", "JsonlSource",
+    "WebDatasetSource", "HFSource", "build_source", "seed_of",
 ]
