@@ -2,7 +2,7 @@
 
 Usage: ``accelerate launch --cpu --num_processes 2 tests/_ddp_worker.py OUT_DIR override ...``
 
-Each rank trains with ``genhancer.train.train(cfg, accelerator=Accelerator(cpu=True))``
+Each rank trains with ``genhancer.training.train(cfg, accelerator=Accelerator(cpu=True))``
 and writes ``OUT_DIR/rank-<r>.json`` with a digest of its trainable parameters before
 and after training, the keys of the samples it trained on and its losses. DDP keeps the
 replicas identical only if it all-reduces the gradients, so equal digests across ranks
