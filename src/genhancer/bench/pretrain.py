@@ -45,7 +45,7 @@ def bench_pretrain(ceiling_flops: float, quick: bool = False, work: Path | None 
     """Seconds per ``pretrain_clip`` step at the shipped tiny CLIP's sizes, its analytic
     FLOP/s and their ratio to ``ceiling_flops`` (the fp32 matmul ceiling of the same run)."""
     from genhancer.demo.clip_asset import ASSET_DIR
-    from genhancer.demo.pretrain import pretrain_clip
+    from genhancer.demo.pretrain import pretrain_clip, read_captions
     from genhancer.demo.world import write_world
     from genhancer.encoders.hf import load_encoder
 
@@ -61,7 +61,7 @@ def bench_pretrain(ceiling_flops: float, quick: bool = False, work: Path | None 
                           text_width=t["hidden_size"], projection_dim=shipped["projection_dim"],
                           progress=False, val_fraction=0.0)
         enc = load_encoder(str(tmp / "clip"))
-        texts = [json.loads(line)["text"] for line in (corpus / "captions.jsonl").read_text().splitlines()]
+        texts = [t for _, t in read_captions(corpus / "captions.jsonl")]
         # pretrain_clip pads every caption to the corpus's longest: that is the length it runs.
         text_tokens = int(enc.tokenizer(texts, padding="longest", return_tensors="pt")["input_ids"].shape[1])
         config = json.loads((tmp / "clip" / "config.json").read_text())
