@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from genhancer.data.jsonl import iter_jsonl
 from genhancer.errors import ConfigError, DataError, GenHancerError
 
-__all__ = ["DEFAULT_STEPS", "pretrain_clip", "read_captions"]
+__all__ = ["DEFAULT_STEPS", "pretrain_clip", "read_captions", "read_groups"]
 
 # Measured on the 2-core CPU at the defaults below (64 px, patch 8, width 96, 4 + 2
 # layers, batch 128): ~1.0 s per step, so the default run takes ~3.5 minutes and leaves
@@ -56,6 +56,23 @@ def read_captions(path: Path) -> list[tuple[str, str]]:
     if not rows:
         raise DataError(f"{path}: no captions; expected one JSON row per image")
     return rows
+
+
+def read_groups(path: Path) -> list[int | None]:
+    """Each ``captions.jsonl`` row's ``"group"`` (a hard-negative pair's id), or None."""
+    return [row.get("group") if isinstance(row, dict) and isinstance(row.get("group"), int) else None
+            for _, row in iter_jsonl(path)]
+
+
+def _epoch_order(train_idx: torch.Tensor, groups: list, gen: torch.Generator) -> torch.Tensor:
+    """A random order of ``train_idx`` in which the members of a group stay next to each
+    other, so that a hard-negative pair lands in one batch (but for a batch boundary)."""
+    units: dict = {}
+    for j in train_idx.tolist():
+        units.setdefault(("g", groups[j]) if groups[j] is not None else ("i", j), []).append(j)
+    units_list = list(units.values())
+    order = torch.randperm(len(units_list), generator=gen).tolist()
+    return torch.tensor([j for u in order for j in units_list[u]], dtype=torch.long)
 
 
 def _check_args(steps, batch_size, lr, image_size, patch_size, width, heads, text_width, val_fraction):
@@ -209,7 +226,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
                   seed: int = 0, progress: bool | None = None, val_fraction: float = 0.05,
                   text_width: int | None = None, vocab_size: int = 1000, weight_decay: float = 0.1,
                   warmup_steps: int | None = None, overwrite: bool = False, device: str | None = None,
-                  init_from: str | Path | None = None) -> dict:
+                  init_from: str | Path | None = None, mixed_precision: str = "no") -> dict:
     """Train a tiny CLIP contrastively on ``corpus_dir/captions.jsonl``; write it to ``out_dir``.
 
     ``corpus_dir`` holds ``captions.jsonl`` (rows ``{"image": <path relative to
@@ -222,6 +239,11 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
     ``save_pretrained`` (``load_encoder(out_dir)`` and ``CLIPModel.from_pretrained`` load
     it), ``pretrain_metrics.json`` and ``pretrain_log.csv`` (step, loss, lr, logit scale).
     An existing ``out_dir`` is refused before any work unless ``overwrite``.
+
+    Rows that share a ``"group"`` id (hard-negative pairs, ``write_corpus(...,
+    hard_negative_share=)``) are kept next to each other in every epoch's order, so they
+    meet in one batch. ``mixed_precision="bf16"``: forward under CPU / CUDA autocast in
+    bfloat16 (the weights and the optimizer stay fp32).
 
     ``init_from``: continue from an earlier ``pretrain-clip`` output (its weights, tokenizer
     and sizes; the size arguments are then ignored) instead of a random init.
@@ -248,6 +270,8 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
 
     text_width = width if text_width is None else text_width
     _check_args(steps, batch_size, lr, image_size, patch_size, width, heads, text_width, val_fraction)
+    if mixed_precision not in ("no", "bf16"):
+        raise ConfigError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
     warmup = max(1, round(0.05 * steps)) if warmup_steps is None else max(1, int(warmup_steps))
     show = sys.stderr.isatty() if progress is None else bool(progress)
     corpus, out = Path(corpus_dir), Path(out_dir)
@@ -256,6 +280,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
         raise GenHancerError(f"'{out}' already exists; pass overwrite=True (--overwrite) to replace it")
     t_start = time.perf_counter()
     rows = read_captions(corpus / "captions.jsonl")
+    row_groups = read_groups(corpus / "captions.jsonl")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     # The split is drawn over caption rows before decoding, so it does not depend on
@@ -295,6 +320,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
             raise DataError(f"{corpus / 'captions.jsonl'}: only {len(train_idx)} readable training image(s); "
                             f"contrastive training needs at least 2 (skipped: {skipped.counts()})")
         kept_texts = [texts[i] for i in kept]
+        kept_groups = [row_groups[i] for i in kept]
         # Captions are short; padding them to the corpus's longest instead of 77 gives the
         # same embeddings (causal mask, pooled at the first end token) at a fraction of
         # the text tower's cost.
@@ -314,21 +340,22 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup))
         bs = min(batch_size, len(train_idx))
         # Epoch-wise permutations: every training image is seen once before any twice.
-        perm, pos = train_idx[torch.randperm(len(train_idx), generator=gen)], 0
+        perm, pos = _epoch_order(train_idx, kept_groups, gen), 0
         losses: list[float] = []
         log_rows = []
         bar = tqdm(total=steps, desc="pretrain clip", unit="step", dynamic_ncols=True, disable=not show)
         t0 = time.perf_counter()
         for step in range(steps):
             if pos + bs > len(perm):
-                perm, pos = train_idx[torch.randperm(len(train_idx), generator=gen)], 0
+                perm, pos = _epoch_order(train_idx, kept_groups, gen), 0
             b = perm[pos:pos + bs]
             pos += bs
             x = _random_resized_crop(pixels[b].to(dev).float() / 255, gen)
             x = (x - mean) / std
-            img, _ = enc.encode_image(x)
-            txt = enc.encode_text(ids[b].to(dev), mask[b].to(dev))
-            loss = _clip_loss(enc.logits(img, txt), caption_ids[b].to(dev))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"):
+                img, _ = enc.encode_image(x)
+                txt = enc.encode_text(ids[b].to(dev), mask[b].to(dev))
+            loss = _clip_loss(enc.logits(img.float(), txt.float()), caption_ids[b].to(dev))
             if not torch.isfinite(loss):
                 raise GenHancerError(f"pretrain-clip: non-finite loss at step {step + 1}; lower lr (now {lr})")
             opt.zero_grad(set_to_none=True)
@@ -366,6 +393,7 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
                       "projection_dim": projection_dim, "vocab_size": len(enc.tokenizer)},
             "seed": seed, "threads": torch.get_num_threads(), "device": str(dev),
             "init_from": None if init_from is None else str(init_from),
+            "mixed_precision": mixed_precision, "hard_negative_rows": sum(g is not None for g in kept_groups),
         })
         enc.to("cpu").save_pretrained(tmp)
         (tmp / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -27,6 +27,7 @@ from genhancer.demo.evaluate import evaluate_encoder
 # The shipped tiny CLIP was pretrained with these (genhancer.demo.clip_asset, asset.json).
 PRETRAIN_CORPUS_IMAGES = 30000
 PRETRAIN_STEPS = 6000
+PRETRAIN_HARD_NEGATIVE_SHARE = 0.25
 
 
 @dataclass
@@ -41,6 +42,8 @@ class DemoSettings:
     pretrain: bool = False              # pretrain the tiny CLIP here instead of installing the shipped one
     pretrain_corpus_images: int = PRETRAIN_CORPUS_IMAGES
     pretrain_steps: int = PRETRAIN_STEPS
+    hard_negative_share: float = PRETRAIN_HARD_NEGATIVE_SHARE  # corpus images in hard-negative pairs
+    pretrain_mixed_precision: str = "bf16"
     cache_augmentations: int = 1
     stage1_steps: int = 500
     stage1_lr: float = 1e-4
@@ -115,9 +118,10 @@ def pretrain_demo_clip(out: Path, s: DemoSettings) -> dict:
 
     corpus = out / "data" / "clip-world" / "corpus"
     if not (corpus / "captions.jsonl").is_file():
-        world.write_world(corpus.parent, seed=0, corpus=s.pretrain_corpus_images, size=s.image_size, overwrite=True)
+        world.write_world(corpus.parent, seed=0, corpus=s.pretrain_corpus_images, size=s.image_size, overwrite=True,
+                          hard_negative_share=s.hard_negative_share)
     return pretrain_clip(corpus, out / "clip", steps=s.pretrain_steps, batch_size=128, image_size=s.image_size,
-                         seed=0)
+                         seed=0, mixed_precision=s.pretrain_mixed_precision)
 
 
 def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
@@ -128,7 +132,8 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
 
     def generate():
         # Training corpus: world seed 0 (a prefix of the shipped CLIP's pretraining corpus).
-        world.write_world(data, seed=0, corpus=s.corpus_images, size=s.image_size, overwrite=True)
+        world.write_world(data, seed=0, corpus=s.corpus_images, size=s.image_size, overwrite=True,
+                          hard_negative_share=s.hard_negative_share)
         world.write_world(data, seed=s.world_seed, benchmark=True, probe=s.probe_images, coarse=s.coarse_per_class,
                           size=s.image_size, overwrite=True)
         (data / "world.json").write_text(json.dumps({"world_version": world.WORLD_VERSION, "corpus_seed": 0,

@@ -47,7 +47,7 @@ from genhancer.demo.world.sampling import is_reserved, sample_scene, scene_strea
 from genhancer.demo.world.scene import Scene, mentioned_fine_attribute
 from genhancer.demo.world.vocab import (
     BACKGROUNDS,
-    BALL_COLORS,
+    SIGN_COLORS,
     COARSE_ATTRIBUTES,
     COLORS,
     FINE_ATTRIBUTES,
@@ -69,7 +69,7 @@ from genhancer.demo.world.writers import (
 
 __all__ = [
     "BACKGROUNDS",
-    "BALL_COLORS",
+    "SIGN_COLORS",
     "COARSE_ATTRIBUTES",
     "COLORS",
     "FINE_ATTRIBUTES",

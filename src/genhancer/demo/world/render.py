@@ -1,5 +1,6 @@
-"""Pixels of a scene: background textures, the object's silhouette and outline, and the six
-fine cues, drawn at a supersampled side (``Scene.render`` downsamples)."""
+"""Pixels of a scene: background texture, the object (its copies, facing, hole, outline,
+break) and the sign beside it (plate colour, glyph), drawn at a supersampled side
+(``Scene.render`` downsamples)."""
 
 from __future__ import annotations
 
@@ -8,71 +9,66 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from genhancer.demo.world.geometry import (
-    _BALL_RADIUS,
-    _CRACK,
-    _CRACK_WIDTH,
-    _CRACK_Y,
+    _BREAK_GAP,
+    _COPIES,
+    _GROUP_REACH,
     _HOLE_RADIUS,
     _KINDS,
     _OBJECT_RADIUS,
     _OUTLINE_RGB,
     _OUTLINE_WIDTH,
+    _SIGN_GAP,
+    _WALL_TEXT_MARGIN,
+    _WALL_TEXT_SHADE,
+    _SIGN_H,
+    _SIGN_W,
     _VIEW_SCALE,
     _Ellipse,
     _Poly,
+    rotated,
 )
-from genhancer.demo.world.vocab import BALL_COLORS, COLORS, TINTS
+from genhancer.demo.world.vocab import BACKGROUNDS, COLORS, SIGN_COLORS, TINTS
 from genhancer.errors import DataError
 
 
 @lru_cache(maxsize=512)
 def _background(background: str, tint: str, variant: int, side: int) -> Image.Image:
-    """Cached: the texture is a function of (background, tint, variant) only."""
-    light = np.array(TINTS[tint], np.float32)
-    dark = light * 0.8
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side  # in units of the side
-    phase = variant / 4.0
-    period = 1 / 8
-    if background == "plain":
-        mix = np.zeros_like(xx)
-    elif background == "striped":
-        mix = (np.floor((xx + yy) / period + 2 * phase) % 2).astype(np.float32)
-    elif background == "dotted":
-        gx = (xx / period + phase) % 1 - 0.5
-        gy = (yy / period + phase) % 1 - 0.5
-        mix = (gx**2 + gy**2 < 0.22**2).astype(np.float32)
-    elif background == "gradient":
-        t = [yy, xx, 1 - yy, 1 - xx][variant]
-        mix = t * 1.4
-    elif background == "grid":
-        line = 1.5 / 64 / period  # ~1.5 output pixels at 64
-        mix = (((xx / period + phase) % 1 < line) | ((yy / period + phase) % 1 < line)).astype(np.float32)
-    elif background == "noisy":
-        rng = np.random.default_rng([list(TINTS).index(tint), variant, 7])
-        low = rng.random((64, 64), dtype=np.float32)
-        cells = np.minimum((np.arange(side) * 64) // side, 63)
-        mix = low[cells][:, cells] * 1.3
-    elif background == "checkered":
-        mix = ((np.floor(xx / period + phase) + np.floor(yy / period + phase)) % 2).astype(np.float32)
-    elif background == "wavy":
-        mix = ((yy + 0.03 * np.sin(2 * np.pi * (3 * xx + phase))) / period % 1 < 0.35).astype(np.float32)
-    else:  # pragma: no cover - Scene validates
-        raise DataError(f"unknown background {background!r}")
-    rgb = light[None, None] * (1 - mix[..., None]) + dark[None, None] * mix[..., None]
-    return Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), "RGB")
+    """A plain pale colour, tinted, with a faint gradient (``variant`` 1) or none (0).
+
+    Cached: a function of (background, tint, variant) only."""
+    rgb = np.array(BACKGROUNDS[background], np.float32) + np.array(TINTS[tint], np.float32)
+    yy = np.mgrid[0:side, 0:side][0].astype(np.float32) / side
+    shade = (yy - 0.5) * 8.0 * variant  # +-4 levels top to bottom: a nuisance, never captioned
+    img = rgb[None, None] + shade[..., None]
+    return Image.fromarray(np.clip(img, 0, 255).round().astype(np.uint8), "RGB")
 
 
-@lru_cache(maxsize=256)
-def _glyph(text: str, px: int) -> Image.Image:
-    """A digit's coverage mask, cached: pasting a mask is faster than laying out text."""
-    font = ImageFont.load_default(size=px)
-    left, top, right, bottom = font.getbbox(text)
-    mask = Image.new("L", (right - left + 2, bottom - top + 2), 0)
-    ImageDraw.Draw(mask).text((1 - left, 1 - top), text, fill=255, font=font)
-    return mask
+# Seven-segment digits: segments a (top), b (top right), c (bottom right), d (bottom), e
+# (bottom left), f (top left), g (middle). Thick bars, not a font: a font's strokes are so
+# thin that two digits differ in a few percent of the image, and the loss never notices.
+_SEGMENTS = {"0": "abcdef", "1": "bc", "2": "abdeg", "3": "abcdg", "4": "bcfg", "5": "acdfg", "6": "acdefg",
+             "7": "abc", "8": "abcdefg", "9": "abcdfg"}
+
+
+def _draw_digit(d: ImageDraw.ImageDraw, text: str, box: tuple[float, float, float, float], fill) -> None:
+    """``text`` (one digit) as a seven-segment glyph filling ``box`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    t = 0.2 * (x1 - x0)  # bar thickness
+    ym = (y0 + y1) / 2
+    bars = {
+        "a": (x0, y0, x1, y0 + t),
+        "d": (x0, y1 - t, x1, y1),
+        "g": (x0, ym - t / 2, x1, ym + t / 2),
+        "f": (x0, y0, x0 + t, ym),
+        "b": (x1 - t, y0, x1, ym),
+        "e": (x0, ym, x0 + t, y1),
+        "c": (x1 - t, ym, x1, y1),
+    }
+    for seg in _SEGMENTS[text]:
+        d.rectangle(bars[seg], fill=fill)
 
 
 def _draw_part(d: ImageDraw.ImageDraw, part, px, r: float, grow: float, fill) -> None:
@@ -103,87 +99,86 @@ def _draw_part(d: ImageDraw.ImageDraw, part, px, r: float, grow: float, fill) ->
         )
 
 
+def _copy_layer(s, side: int, r: float) -> tuple[Image.Image, float]:
+    """One copy of the object, drawn on a transparent square of its own: outline, fill,
+    hole, facing; broken into two separated halves when ``s.state == "broken"``.
+
+    Returns the RGBA layer and its half-side (the copy's centre is the layer's centre).
+    """
+    kind = rotated(_KINDS[s.kind], s.direction)
+    grow = _OUTLINE_WIDTH[s.outline] * r
+    half = r * (1.0 + _OUTLINE_WIDTH["thick"] + 2 * _BREAK_GAP) + 2
+    n = int(math.ceil(2 * half))
+    layer = Image.new("RGBA", (n, n), (0, 0, 0, 0))
+    d = ImageDraw.Draw(layer)
+    c = n / 2
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return c + x * r, c + y * r
+
+    # Structural: every part grown by the outline width in dark, then the fill on top, so
+    # a silhouette made of several parts gets one outline around their union.
+    outline = (*_OUTLINE_RGB, 255)
+    fill = (*COLORS[s.color], 255)
+    for part in kind.parts:
+        _draw_part(d, part, px, r, grow, outline)
+    for part in kind.parts:
+        _draw_part(d, part, px, r, 0.0, fill)
+    # Presence: a see-through hole at the core (alpha 0: the background shows through),
+    # with a thin dark rim so that it reads as a hole, not as a background-coloured spot.
+    if s.hole:
+        hr = _HOLE_RADIUS * r
+        (hx, hy) = px(*kind.core)
+        rim = max(1.0, 0.16 * r)
+        d.ellipse((hx - hr - rim, hy - hr - rim, hx + hr + rim, hy + hr + rim), fill=outline)
+        d.ellipse((hx - hr, hy - hr, hx + hr, hy + hr), fill=(0, 0, 0, 0))
+    # State: broken in two, the halves pulled apart across the facing axis (so the break
+    # is visible whichever way the object faces).
+    if s.state == "broken":
+        gap = round(_BREAK_GAP * r)
+        out = Image.new("RGBA", (n, n), (0, 0, 0, 0))
+        mid = n // 2
+        if s.direction in ("up", "down"):
+            out.paste(layer.crop((0, 0, mid, n)), (-gap, 0))
+            out.paste(layer.crop((mid, 0, n, n)), (mid + gap, 0))
+        else:
+            out.paste(layer.crop((0, 0, n, mid)), (0, -gap))
+            out.paste(layer.crop((0, mid, n, n)), (0, mid + gap))
+        layer = out
+    return layer, c
+
+
 def _render_hi(s, side: int, cs: float = 1.0) -> Image.Image:
     """``s`` (a ``Scene``; not annotated, since scene.py imports this module) drawn at ``side``
-    px with every fine cue scaled by ``cs``."""
-    bg = _background(s.background, s.tint, s.bg_variant, side)
-    img = bg.copy()
+    px with the hole and the sign scaled by ``cs``."""
+    img = _background(s.background, s.tint, s.bg_variant, side).copy()
     d = ImageDraw.Draw(img)
-    kind = _KINDS[s.kind]
-    r = side * _OBJECT_RADIUS * _VIEW_SCALE[s.view] * (1 + 0.025 * s.scale_jitter)
+    # Texts: a large digit painted on the wall behind the scene, a shade darker than it.
+    wall = tuple(round(v * _WALL_TEXT_SHADE) for v in img.getpixel((side // 2, side // 2)))
+    m = _WALL_TEXT_MARGIN * side
+    _draw_digit(d, s.text, (m + 0.08 * side, m, side - m - 0.08 * side, side - m), wall)
+    view = _VIEW_SCALE[s.view]
+    r = side * _OBJECT_RADIUS * view * (1 + 0.025 * s.scale_jitter)  # one object radius, px
+    # The group stays centred and the sign moves around it: a layout that moved with the
+    # sign would make the sign's side the largest difference between any two scenes.
+    sw, sh = _SIGN_W * cs * view * side, _SIGN_H * cs * view * side
+    ux, uy = {"left": (-1, 0), "right": (1, 0), "above": (0, -1), "below": (0, 1)}[s.sign_side]
+    along = sw if ux else sh  # the sign's size along the axis
     ox = side / 2 + s.dx * side / 64
     oy = side / 2 + s.dy * side / 64
 
-    def px(x: float, y: float) -> tuple[float, float]:
-        return ox + x * r, oy + y * r
+    # Quantity: 1-3 copies, each with every on-object cue.
+    copy_scale, offsets = _COPIES[s.count]
+    layer, c = _copy_layer(s, side, r * copy_scale)
+    for gx, gy in offsets:
+        img.paste(layer, (round(ox + gx * r - c), round(oy + gy * r - c)), layer)
 
-    obj_rgb = COLORS[s.color]
-    # Ink for marks on the object contrasts with its fill (dark on light objects).
-    lum = 0.299 * obj_rgb[0] + 0.587 * obj_rgb[1] + 0.114 * obj_rgb[2]
-    ink = (20, 20, 20) if lum > 135 else (250, 250, 250)
-
-    # Structural: draw every part grown by the outline width in dark, then the fill on
-    # top, so a silhouette made of several parts gets one outline around their union.
-    grow = _OUTLINE_WIDTH[s.outline] * r
-    for part in kind.parts:
-        _draw_part(d, part, px, r, grow, _OUTLINE_RGB)
-    for part in kind.parts:
-        _draw_part(d, part, px, r, 0.0, obj_rgb)
-
-    cx, cy = kind.core
-
-    def disc(x, y, rad, fill, outline=None, width=0):
-        (x0, y0), (x1, y1) = px(x - rad, y - rad), px(x + rad, y + rad)
-        d.ellipse((x0, y0, x1, y1), fill=fill, outline=outline, width=width)
-
-    # Presence: a see-through hole at the core shows the background behind it.
-    if s.hole:
-        hr = _HOLE_RADIUS * cs
-        (x0, y0), (x1, y1) = px(cx - hr, cy - hr), px(cx + hr, cy + hr)
-        box = (int(x0), int(y0), int(math.ceil(x1)) + 1, int(math.ceil(y1)) + 1)
-        mask = Image.new("L", (box[2] - box[0], box[3] - box[1]), 0)
-        ImageDraw.Draw(mask).ellipse((x0 - box[0], y0 - box[1], x1 - box[0], y1 - box[1]), fill=255)
-        img.paste(bg.crop(box), box, mask)
-
-    # State: a zig-zag crack across the object, below the hole.
-    if s.state == "cracked":
-        d.line([px(cx + x * cs, cy + _CRACK_Y + y * cs) for x, y in _CRACK],
-               fill=ink, width=max(1, round(_CRACK_WIDTH * cs * r)), joint="curve")
-
-    # Positional + Color: one ball just outside the silhouette's extent on one side; its
-    # colour is the Color-and-Appearance cue (one mark carries two independent attributes).
-    xmin, ymin, xmax, ymax = kind.extent
-    gap = _OUTLINE_WIDTH["thick"] + _BALL_RADIUS * cs + 0.05  # clear of the thick outline
-    bx, by = {
-        "left": (xmin - gap, (ymin + ymax) / 2),
-        "right": (xmax + gap, (ymin + ymax) / 2),
-        "above": ((xmin + xmax) / 2, ymin - gap),
-        "below": ((xmin + xmax) / 2, ymax + gap),
-    }[s.ball_side]
-    disc(bx, by, _BALL_RADIUS * cs, BALL_COLORS[s.ball_color], _OUTLINE_RGB, max(1, round(0.05 * r)))
-
-    # Corner marks, in units of 1/64 of the side (not scaled by the view: they are not on
-    # the object, and no object reaches a corner).
-    u = side / 64
-
-    # Quantity: tally bars in the top-left corner.
-    for k in range(s.count):
-        x0 = (3.0 + k * 4.0 * cs) * u
-        d.rectangle((x0, 3.0 * u, x0 + 2.4 * cs * u, (3.0 + 10.0 * cs) * u), fill=_OUTLINE_RGB)
-
-    # Texts: the digit in the top-right corner.
-    glyph = _glyph(s.text, max(6, round(13 * cs * u)))
-    img.paste(_OUTLINE_RGB, (round(side - 8.5 * u - glyph.width / 2), round(8.5 * u - glyph.height / 2)), glyph)
-
-    # Orientation: an arrow (shaft + head) in the bottom-left corner.
-    ux, uy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[s.direction]
-    ax, ay, a = 8.5 * u, side - 8.5 * u, 5.5 * cs * u  # centre and half-length
-
-    def at(along: float, across: float) -> tuple[float, float]:
-        return ax + ux * along * a - uy * across * a, ay + uy * along * a + ux * across * a
-
-    d.line([at(-1.0, 0.0), at(0.1, 0.0)], fill=_OUTLINE_RGB, width=max(1, round(0.4 * a)))
-    d.polygon([at(1.0, 0.0), at(0.0, 0.7), at(0.0, -0.7)], fill=_OUTLINE_RGB)
+    # Positional + Color: a sign (a rounded plate in the sign colour) beside the group.
+    to_sign = _GROUP_REACH * r + _SIGN_GAP * side * view + along / 2
+    sx, sy = ox + ux * to_sign, oy + uy * to_sign
+    plate = SIGN_COLORS[s.sign_color]
+    d.rounded_rectangle((sx - sw / 2, sy - sh / 2, sx + sw / 2, sy + sh / 2), radius=0.2 * sw, fill=plate,
+                        outline=_OUTLINE_RGB, width=max(1, round(0.04 * sw)))
     return img
 
 

@@ -36,7 +36,7 @@ def sample_scene(rng: random.Random, **fixed) -> Scene:
     f = {
         "kind": rng.choice(KINDS),
         "color": rng.choice(tuple(COLORS)),
-        "background": rng.choice(BACKGROUNDS),
+        "background": rng.choice(tuple(BACKGROUNDS)),
         "tint": rng.choice(tuple(TINTS)),
         "bg_variant": rng.randrange(2),
         "dx": rng.randint(-_NUISANCE_RANGE, _NUISANCE_RANGE),

@@ -48,8 +48,8 @@ class Scene:
     hole: bool = False
     state: str = "intact"
     count: int = 1
-    ball_side: str = "right"
-    ball_color: str = "red"
+    sign_side: str = "right"
+    sign_color: str = "red"
     outline: str = "thin"
     text: str = "3"
     view: str = "close-up"
@@ -58,7 +58,7 @@ class Scene:
         checks = {
             "kind": KINDS,
             "color": tuple(COLORS),
-            "background": BACKGROUNDS,
+            "background": tuple(BACKGROUNDS),
             "tint": tuple(TINTS),
             "bg_variant": range(2),
             "dx": range(-_NUISANCE_RANGE, _NUISANCE_RANGE + 1),
@@ -99,14 +99,14 @@ class Scene:
     # -- language
 
     def phrase(self, attribute: str, variant: int = 0) -> str:
-        """The fine phrase for one attribute, e.g. ``"with a ball on its left"``; variant 0 is canonical."""
+        """The fine phrase for one attribute, e.g. ``"with a sign on its left"``; variant 0 is canonical."""
         if attribute not in _PHRASES:
             raise DataError(f"unknown fine attribute {attribute!r}; expected one of {list(FINE_ATTRIBUTES)}")
         options = _PHRASES[attribute][getattr(self, attribute)]
         return options[variant % len(options)]
 
     def statement(self, attribute: str) -> str:
-        """MMVP-style statement, true of this scene: ``"a star with a ball on its left"``."""
+        """MMVP-style statement, true of this scene: ``"a fish with a sign on its left"``."""
         return f"{_a(self.kind)} {self.phrase(attribute)}"
 
     def coarse_caption(self, rng: random.Random | None = None, color_prob: float = 0.75) -> str:
@@ -117,7 +117,7 @@ class Scene:
         return self._caption(rng, color_prob, None)
 
     def fine_caption(self, attribute: str, rng: random.Random | None = None, color_prob: float = 0.75) -> str:
-        """The coarse caption with one fine phrase after the object: "a teal star beside a red ball on ..."."""
+        """The coarse caption with one fine phrase after the object: "a teal fish beside a red sign on ..."."""
         return self._caption(rng, color_prob, attribute)
 
     def _caption(self, rng, color_prob, attribute) -> str:

@@ -11,25 +11,23 @@ from genhancer.mmvp_vlm import CATEGORIES
 
 # Bump when anything that changes pixels, captions or scene sampling changes; the shipped
 # tiny CLIP records the version and fingerprint it was trained on (a test compares them).
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
+# Version 3: only kinds with a visible front, so that "facing left / right / up / down"
+# changes the silhouette (v2's circle, square, star, hexagon and key are gone).
 KINDS: tuple[str, ...] = (
-    "circle",
-    "square",
     "triangle",
-    "star",
-    "hexagon",
     "heart",
     "house",
     "tree",
     "car",
     "cup",
     "fish",
-    "key",
+    "mushroom",
 )
 
-# Object colours are kept apart from the ball colours so that a colour word in a caption
-# names either the object (coarse) or the ball (fine), never both.
+# Object colours are kept apart from the sign colours so that a colour word in a caption
+# names either the object (coarse) or the sign (fine), never both.
 COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 140, 40),
     "purple": (140, 70, 185),
@@ -40,45 +38,46 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "grey": (150, 150, 150),
 }
 
-BACKGROUNDS: tuple[str, ...] = (
-    "plain",
-    "striped",
-    "dotted",
-    "gradient",
-    "grid",
-    "noisy",
-    "checkered",
-    "wavy",
-)
-
-# Tints are a nuisance: never captioned. Kept close to one another (version 1's differed by
-# up to 32 levels over the whole background, by far the largest share of a reconstruction
-# error the global token did not explain, so stage 2 taught the encoder tints, not cues).
-TINTS: dict[str, tuple[int, int, int]] = {
-    "cream": (240, 236, 222),
-    "pale blue": (230, 234, 242),
-    "light grey": (232, 232, 232),
+# Version 3: plain pale colours. v2's textures (stripes, dots, grids at an 8-px period)
+# were half of the TAEF2-latent distance between two random scenes (their pattern phase
+# alone a fifth), which left every fine cue a small share of the reconstruction target.
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "sky": (205, 225, 245),
+    "sand": (236, 218, 180),
+    "mint": (200, 238, 214),
+    "lilac": (222, 208, 240),
+    "peach": (246, 212, 196),
+    "stone": (214, 214, 208),
+    "snow": (246, 246, 246),
+    "lemon": (244, 240, 178),
 }
 
-BALL_COLORS: dict[str, tuple[int, int, int]] = {
+# Tints are a nuisance: never captioned, a few levels added to the background colour.
+TINTS: dict[str, tuple[int, int, int]] = {
+    "cream": (4, 2, -4),
+    "pale blue": (-4, 0, 4),
+    "light grey": (0, 0, 0),
+}
+
+SIGN_COLORS: dict[str, tuple[int, int, int]] = {
     "red": (222, 30, 30),
     "blue": (30, 80, 232),
     "green": (30, 172, 60),
     "yellow": (250, 222, 30),
-    "white": (252, 252, 252),
+    "magenta": (214, 40, 200),
     "black": (18, 18, 18),
 }
 
 # Fine attributes, one per MMVP-VLM category; a value's index is its probe class id.
 FINE_ATTRIBUTES: dict[str, tuple] = {
-    "direction": ("left", "right", "up", "down"),
-    "hole": (False, True),
-    "state": ("intact", "cracked"),
-    "count": (1, 2, 3),
-    "ball_side": ("left", "right", "above", "below"),
-    "ball_color": tuple(BALL_COLORS),
+    "direction": ("left", "right", "up", "down"),  # which way the object (every copy) faces
+    "hole": (False, True),  # a large see-through hole in the object
+    "state": ("intact", "broken"),  # broken: split into two separated halves
+    "count": (1, 2, 3),  # copies of the object
+    "sign_side": ("left", "right", "above", "below"),  # the sign beside the object(s)
+    "sign_color": tuple(SIGN_COLORS),  # the sign's plate
     "outline": ("thin", "thick"),
-    "text": ("2", "3", "4", "5", "6", "7", "8", "9"),
+    "text": ("0", "1", "2", "4"),  # the large glyph on the sign
     "view": ("close-up", "far"),
 }
 
@@ -89,8 +88,8 @@ _CATEGORY_FIELDS: tuple[str, ...] = (
     "hole",  # Presence of Specific Features
     "state",  # State and Condition
     "count",  # Quantity and Count
-    "ball_side",  # Positional and Relational Context
-    "ball_color",  # Color and Appearance
+    "sign_side",  # Positional and Relational Context
+    "sign_color",  # Color and Appearance
     "outline",  # Structural Characteristics
     "text",  # Texts
     "view",  # Viewpoint and Perspective
@@ -99,35 +98,31 @@ MMVP_CATEGORIES: tuple[tuple[str, str], ...] = tuple(zip(CATEGORIES, _CATEGORY_F
 
 COARSE_ATTRIBUTES: tuple[str, ...] = ("kind", "color", "background")
 
-_NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
 
 # Fine phrases: variant 0 is canonical (benchmark statements use it); captions draw any
 # variant, so the text side sees the same fact worded more than one way.
 _PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
-    "direction": {
-        d: (f"with an arrow pointing {d}", f"next to an arrow pointing {d}") for d in FINE_ATTRIBUTES["direction"]
-    },
+    "direction": {d: (f"facing {d}", f"turned {d}" if d in ("up", "down") else f"turned to the {d}")
+                  for d in FINE_ATTRIBUTES["direction"]},
     "hole": {True: ("with a hole", "with a hole in it"), False: ("without a hole", "with no hole")},
     "state": {
         "intact": ("that is intact", "that is undamaged"),
-        "cracked": ("that is cracked", "that is broken"),
+        "broken": ("that is broken in two", "split into two halves"),
     },
     "count": {
-        c: (
-            f"with {_NUMBER_WORDS[c]} tally mark{'s' if c > 1 else ''}",
-            f"with {_NUMBER_WORDS[c]} bar{'s' if c > 1 else ''} in the corner",
-        )
-        for c in FINE_ATTRIBUTES["count"]
+        1: ("shown once", "appearing once"),
+        2: ("shown twice", "appearing twice"),
+        3: ("shown three times", "appearing three times"),
     },
-    "ball_side": {
-        "left": ("with a ball on its left", "with a ball to its left"),
-        "right": ("with a ball on its right", "with a ball to its right"),
-        "above": ("with a ball above it", "with a ball over it"),
-        "below": ("with a ball below it", "with a ball under it"),
+    "sign_side": {
+        "left": ("with a sign on its left", "with a sign to its left"),
+        "right": ("with a sign on its right", "with a sign to its right"),
+        "above": ("with a sign above it", "with a sign over it"),
+        "below": ("with a sign below it", "with a sign under it"),
     },
-    "ball_color": {c: (f"beside a {c} ball", f"next to a {c} ball") for c in BALL_COLORS},
+    "sign_color": {c: (f"beside a {c} sign", f"next to a {c} sign") for c in SIGN_COLORS},
     "outline": {w: (f"with a {w} outline", f"with a {w} border") for w in FINE_ATTRIBUTES["outline"]},
-    "text": {t: (f"with the number {t} in the corner", f"with a {t} written in the corner")
+    "text": {t: (f"with the number {t} on its sign", f"next to a sign that says {t}")
              for t in FINE_ATTRIBUTES["text"]},
     "view": {
         "close-up": ("seen up close", "in a close-up view"),

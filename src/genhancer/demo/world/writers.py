@@ -5,6 +5,7 @@ the coarse (zero-shot) folder; ``write_world`` writes any of them for one world 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -16,7 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from genhancer.demo.world.checks import _check_count, _check_cue_scale, _check_seed, _check_size
-from genhancer.demo.world.sampling import _bench_pair, _sample_open
+from genhancer.demo.world.sampling import _bench_pair, _sample_open, is_reserved
 from genhancer.demo.world.vocab import (
     COARSE_ATTRIBUTES,
     FINE_ATTRIBUTES,
@@ -78,6 +79,7 @@ def write_corpus(
     fine_caption_prob: float = 0.15,
     color_prob: float = 0.75,
     cue_scale: float = 1.0,
+    hard_negative_share: float = 0.0,
 ) -> Path:
     """A captioned training corpus: ``images/XXXX/XXXXXXX.png`` + ``captions.jsonl``.
 
@@ -86,26 +88,54 @@ def write_corpus(
     and ONE fine attribute (uniformly chosen) with ``fine_caption_prob``. The sidecar
     ``scenes.jsonl`` holds each image's full scene and which fine attribute (if any) its
     caption mentions. No scene reserved for the benchmark (``is_reserved``) is emitted.
-    Returns the path of ``captions.jsonl``.
+
+    ``hard_negative_share``: about this share of the images come as *hard-negative pairs*:
+    two consecutive scenes with the same coarse content (and nuisances) that differ in
+    one fine attribute, both captioned with it, sharing a ``"group"`` id in their
+    ``captions.jsonl`` rows (``pretrain-clip`` keeps a group in one batch). A random
+    batch of this world almost never holds two scenes with the same kind, colour and
+    background, so contrastive training never needs a fine word; these pairs are what
+    leaves the fine attributes a trace in the global token. Returns the path of
+    ``captions.jsonl``.
     """
     _check_count(n, "n")
     seed = _check_render_args(seed, size, cue_scale)
-    for name, p in (("fine_caption_prob", fine_caption_prob), ("color_prob", color_prob)):
+    for name, p in (("fine_caption_prob", fine_caption_prob), ("color_prob", color_prob),
+                    ("hard_negative_share", hard_negative_share)):
         if not isinstance(p, int | float) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
             raise DataError(f"{name} must be a probability in [0, 1], got {p!r}")
     out = _prepare_dir(out_dir)
     captions, scenes = [], []
     attrs = tuple(FINE_ATTRIBUTES)
     with _progress(n, "corpus") as bar:
-        for i in range(n):
+        i = 0
+        while i < n:
             scene, rng = _sample_open("corpus", seed, i)
-            fine = rng.choice(attrs) if rng.random() < fine_caption_prob else None
-            text = scene._caption(rng, color_prob, fine)
-            rel = f"images/{i // 1000:04d}/{i:07d}.png"
-            _save_png(scene.render(size, cue_scale=cue_scale), out / rel)
-            captions.append({"image": rel, "text": text})
-            scenes.append({"image": rel, "fine_mentioned": fine, "scene": scene.to_dict()})
-            bar.update()
+            # A pair starts with probability share / (2 - share): then pairs hold ~share of images.
+            if hard_negative_share > 0 and rng.random() < hard_negative_share / (2 - hard_negative_share):
+                fine = rng.choice(attrs)
+                twin = _hard_negative(scene, fine, rng)
+            else:
+                twin = None
+            if twin is not None:
+                # Same template, colour word and phrase variant: the captions differ only in the value.
+                state = rng.getstate()
+                first = scene._caption(rng, color_prob, fine)
+                rng.setstate(state)
+                group = [(scene, first), (twin, twin._caption(rng, color_prob, fine))]
+            else:
+                fine = rng.choice(attrs) if rng.random() < fine_caption_prob else None
+                group = [(scene, scene._caption(rng, color_prob, fine))]
+            start = i
+            # A pair cut by the corpus's end keeps its first half: a corpus of n images stays
+            # a prefix of one of n + 1.
+            for s, text in group[: n - i]:
+                rel = f"images/{i // 1000:04d}/{i:07d}.png"
+                _save_png(s.render(size, cue_scale=cue_scale), out / rel)
+                captions.append({"image": rel, "text": text} | ({"group": start} if twin is not None else {}))
+                scenes.append({"image": rel, "fine_mentioned": fine, "scene": s.to_dict()})
+                bar.update()
+                i += 1
     _write_text(out / "scenes.jsonl", _jsonl(scenes))
     _write_manifest(
         out,
@@ -116,9 +146,21 @@ def write_corpus(
         cue_scale=cue_scale,
         fine_caption_prob=fine_caption_prob,
         color_prob=color_prob,
+        hard_negative_share=hard_negative_share,
     )
     _write_text(out / "captions.jsonl", _jsonl(captions))
     return out / "captions.jsonl"
+
+
+def _hard_negative(scene, attribute: str, rng):
+    """``scene`` with another value of ``attribute``, not reserved for the benchmark."""
+    values = [v for v in FINE_ATTRIBUTES[attribute] if v != getattr(scene, attribute)]
+    rng.shuffle(values)
+    for v in values:
+        twin = dataclasses.replace(scene, **{attribute: v})
+        if not is_reserved(twin):
+            return twin
+    return None  # every other value is reserved for the benchmark
 
 
 def write_mmvp_benchmark(
@@ -147,7 +189,7 @@ def write_mmvp_benchmark(
                 for scene in _bench_pair(seed, c * 1_000_000 + k, attribute):
                     qid += 1
                     statement = scene.statement(attribute)
-                    # 4:4:4 chroma: the default 4:2:0 would smear the ball's colour into its outline.
+                    # 4:4:4 chroma: the default 4:2:0 would smear the sign's colour into its outline.
                     img = scene.render(size, cue_scale=cue_scale)
                     img.save(folder / f"{qid}.jpg", format="JPEG", quality=95, subsampling=0)
                     rows.append([qid, type_name, statement])
@@ -251,7 +293,7 @@ PART_DIRS = {"corpus": "corpus", "benchmark": "mmvp", "probe": "probe", "coarse"
 def write_world(out_dir, seed: int, corpus: int | None = None, benchmark: bool = False,
                 probe: int | None = None, coarse: int | None = None, size: int = 64,
                 pairs_per_category: int = 15, overwrite: bool = False,
-                fine_caption_prob: float = 0.15) -> dict[str, Path]:
+                fine_caption_prob: float = 0.15, hard_negative_share: float = 0.0) -> dict[str, Path]:
     """Any parts of the world for one seed: ``corpus/``, ``mmvp/``, ``probe/``, ``coarse/``.
 
     ``corpus`` / ``probe`` are image counts, ``coarse`` images per class, ``benchmark`` the
@@ -279,7 +321,8 @@ def write_world(out_dir, seed: int, corpus: int | None = None, benchmark: bool =
             shutil.rmtree(d) if d.is_dir() else d.unlink()
         s = seed + PART_SEED_OFFSETS[name]
         if name == "corpus":
-            write_corpus(d, wanted[name], seed=s, size=size, fine_caption_prob=fine_caption_prob)
+            write_corpus(d, wanted[name], seed=s, size=size, fine_caption_prob=fine_caption_prob,
+                         hard_negative_share=hard_negative_share)
         elif name == "benchmark":
             write_mmvp_benchmark(d, pairs_per_category, seed=s, size=size)
         elif name == "probe":
