@@ -51,7 +51,7 @@ class Scene:
     sign_side: str = "right"
     sign_color: str = "red"
     outline: str = "thin"
-    text: str = "3"
+    text: str = "1"
     view: str = "close-up"
 
     def __post_init__(self):
