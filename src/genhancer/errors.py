@@ -49,7 +49,7 @@ class DiskFullError(GenHancerError):
 # errno values that mean "no room to write", whatever the file: ENOSPC (device full),
 # EDQUOT (quota), EFBIG (file-size limit; the CLI ignores SIGXFSZ so it arrives as this).
 _ROOM_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                errno.EFBIG: "file too large (over the file-size limit, ulimit -f)"}
+                errno.EFBIG: "file too large (over the file-size limit, ulimit -f, or the filesystem's)"}
 # safetensors (Rust) raises its own SafetensorError whose text ends in the OS error number,
 # e.g. "Error while serializing: I/O error: No space left on device (os error 28)".
 _RUST_OS_ERROR = re.compile(r"I/O error: .*\(os error (\d+)\)")
