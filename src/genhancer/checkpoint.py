@@ -29,9 +29,10 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
-from genhancer.errors import CheckpointError, GenHancerError
+from genhancer.errors import CheckpointError, GenHancerError, writing
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -44,17 +45,21 @@ STATE_FILE = "state.json"
 CONFIG_FILE = "config.yaml"
 
 
-def atomic_dir(final: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+def atomic_dir(final: Path, write: Callable[[Path], None], overwrite: bool = False, what: str = "",
+               hint: str = "") -> Path:
     """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``final``.
 
     With ``overwrite`` an existing ``final`` is moved aside first and deleted only after
-    the new directory is in place.
+    the new directory is in place. Whatever fails inside ``write``, the temporary
+    directory is removed; with ``what`` (e.g. "checkpoint"), a full disk is one
+    :class:`~genhancer.errors.DiskFullError` line naming ``what`` and ``final`` (+ ``hint``).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
-        write(tmp)
+        with writing(f"{what} '{final}'", hint) if what else nullcontext():
+            write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,7 +6,11 @@ the previous one:
 1. the dataclass defaults below,
 2. a preset (``configs/<name>.yaml`` shipped in the package) or a user YAML file;
    a YAML file may name a ``base:`` preset / file it extends,
-3. ``section.field=value`` overrides from the command line (values parsed as YAML).
+3. ``section.field=value`` overrides from the command line, read as the field's type
+   (:func:`parse_override`): a string field takes the text after ``=`` as it is (``no``,
+   ``off``, ``null``, ``1e-3`` stay text; surrounding quotes are removed), an optional
+   string field reads ``null`` / ``~`` as None, a list of strings keeps its items as text,
+   and every other field is parsed as YAML (``true`` / ``false``, numbers, lists).
 
 Every field is checked against its annotated type and, where given, its range or
 choices; a float field (or list element) must be a finite number. Problems raise :class:`~genhancer.errors.ConfigError` with one line naming the
@@ -259,6 +263,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if isinstance(value, int) and not isinstance(value, bool):  # `stage: 1` in YAML
             return str(value)
+        if isinstance(value, bool):  # a YAML file's `no` / `off` / `yes` / `on` (overrides keep the text)
+            raise ConfigError(f"{where}: expected a string, got {value!r} (YAML reads no, off, yes and on as "
+                              "booleans; quote the word, e.g. \"no\")")
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported type {tp}")
 
@@ -377,15 +384,67 @@ def _load_layer(name_or_path: str, seen: tuple = ()) -> dict:
     return data
 
 
+def field_type(keys: list[str]) -> Any:
+    """The annotation of the config field ``keys`` names (``["train", "stage"]`` -> str);
+    None for a section or a name that is no field (``_build`` reports those)."""
+    cls: Any = Config
+    for i, k in enumerate(keys):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        tp = typing.get_type_hints(cls).get(k)
+        if tp is None:
+            return None
+        if i == len(keys) - 1:
+            return None if dataclasses.is_dataclass(tp) else tp
+        cls = tp
+    return None
+
+
+_YAML_NULLS = ("null", "Null", "NULL", "~")
+
+
+def _text(raw: str) -> str:
+    """A string field's value: the text itself; quotes around all of it are removed (so
+    the old spelling `train.mixed_precision='no'` still means no)."""
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        try:
+            unquoted = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        if isinstance(unquoted, str):
+            return unquoted
+    return text
+
+
+def _read_as(raw: str, tp: Any) -> Any:
+    """The override text ``raw`` read as annotation ``tp`` (see the module docstring).
+
+    YAML 1.1 would read ``no`` / ``off`` / ``null`` as False / None and refuse them for a
+    string field, whose choices may well be such words (train.mixed_precision=no)."""
+    args = typing.get_args(tp)
+    if tp is str:
+        return _text(raw)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and set(args) == {str, type(None)}:
+        return None if raw.strip() in _YAML_NULLS else _text(raw)
+    if typing.get_origin(tp) is list and args == (str,):
+        try:  # the base loader keeps every scalar as text: [q_proj, no] -> ["q_proj", "no"]
+            return yaml.load(raw, Loader=yaml.BaseLoader)
+        except yaml.YAMLError:
+            return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
+    """``section.field=value`` -> (keys, value), the value read as the field's type."""
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected section.field=value")
     key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
+    keys = key.strip().split(".")
+    return keys, ("" if raw == "" else _read_as(raw, field_type(keys)))
 
 
 def load_config(preset_or_yaml: str | None = None, overrides: list[str] | tuple = (),

@@ -1,11 +1,16 @@
 """Error family of genhancer.
 
 Every error a user can cause (bad config, bad path, bad data) is a ``GenHancerError``.
-The CLI prints ``error: <message>`` on one line and exits with code 2; nothing else in
-the package should print a traceback for user mistakes.
+The CLI prints ``error: <message>`` on one line and exits with code 2 (1 for
+:class:`DiskFullError`); nothing else in the package should print a traceback for user
+mistakes. :func:`writing` wraps a write so that a full disk becomes such a line.
 """
 
 from __future__ import annotations
+
+import errno
+import re
+from contextlib import contextmanager
 
 
 class GenHancerError(Exception):
@@ -32,3 +37,58 @@ class CheckpointError(GenHancerError):
 
 class ShapeError(GenHancerError):
     """Sizes that do not fit together (image size vs patch size, channels, ...)."""
+
+
+class DiskFullError(GenHancerError):
+    """A write that failed for lack of room: the disk or a quota is full, or the file-size
+    limit (``ulimit -f``) was reached. Not the user's input, so exit code 1, not 2."""
+
+    exit_code = 1
+
+
+# errno values that mean "no room to write", whatever the file: ENOSPC (device full),
+# EDQUOT (quota), EFBIG (file-size limit; the CLI ignores SIGXFSZ so it arrives as this).
+_ROOM_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large (over the file-size limit, ulimit -f, or the filesystem's)"}
+# safetensors (Rust) raises its own SafetensorError whose text ends in the OS error number,
+# e.g. "Error while serializing: I/O error: No space left on device (os error 28)".
+_RUST_OS_ERROR = re.compile(r"I/O error: .*\(os error (\d+)\)")
+
+
+def _room_errno(exc: BaseException) -> int | None:
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in _ROOM_ERRNOS else None
+    if type(exc).__name__ == "SafetensorError" and type(exc).__module__.startswith("safetensors"):
+        m = _RUST_OS_ERROR.search(str(exc))
+        code = int(m.group(1)) if m else None
+        return code if code in _ROOM_ERRNOS else None
+    return None
+
+
+def disk_full_reason(exc: BaseException) -> str | None:
+    """"no space left on device" (etc.) when ``exc`` is a write that failed for lack of room,
+    else None. Follows ``__cause__`` / ``__context__``: torch.save into a file object
+    reports an OSError from the file as the context of its own RuntimeError."""
+    seen = 0
+    while exc is not None and seen < 8:
+        code = _room_errno(exc)
+        if code is not None:
+            return _ROOM_ERRNOS[code]
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+@contextmanager
+def writing(what: str, hint: str = ""):
+    """Turn a lack-of-room failure inside the block into one :class:`DiskFullError` line,
+    "<reason> while writing <what>[: <hint>]"; any other error passes through unchanged, and
+    so does a DiskFullError from an inner block (it names the more precise thing)."""
+    try:
+        yield
+    except GenHancerError:
+        raise
+    except Exception as e:
+        reason = disk_full_reason(e)
+        if reason is None:
+            raise
+        raise DiskFullError(f"{reason} while writing {what}" + (f": {hint}" if hint else "")) from None

@@ -63,7 +63,8 @@ def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_onl
         else:
             encoder.save_pretrained(tmp)
 
-    return atomic_dir(out, write, overwrite=True)
+    return atomic_dir(out, write, overwrite=True, what="export",
+                      hint="the partial export was removed and any earlier one is untouched; free some space, then export again")
 
 
 def _vision_model(encoder: VisionLanguageEncoder):

@@ -2,16 +2,18 @@
 
 Every subcommand is a small function over the library (in ``train``, ``evaluate``, ``demo``,
 ``tools``); user mistakes raise a ``GenHancerError`` which :func:`main` prints as one line
-with exit code 2. No library module imports this package.
+with exit code 2. A full disk (``DiskFullError``, or a lack-of-room error no writer named)
+is one line with exit code 1. No library module imports this package.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from genhancer.errors import GenHancerError
+from genhancer.errors import GenHancerError, disk_full_reason
 
 
 def _commands() -> list:
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _quiet_libraries()
+    _no_kill_at_file_size_limit()
     try:
         return int(args._fn(args) or 0)
     except GenHancerError as e:
@@ -95,3 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         print(f"error: {e.strerror}: '{e.filename}'", file=sys.stderr)
         return 2
+    except Exception as e:
+        # Writers name what they write (errors.writing); this is for the ones that don't.
+        reason = disk_full_reason(e)
+        if reason is None:
+            raise
+        where = getattr(e, "filename", None)
+        print(f"error: {reason}" + (f" while writing '{where}'" if where else " while writing output"),
+              file=sys.stderr)
+        return 1
+
+
+def _no_kill_at_file_size_limit() -> None:
+    """Past ``ulimit -f`` the kernel sends SIGXFSZ, whose default action kills the process
+    with a core dump and no message; ignored, the write fails with EFBIG instead, which
+    the writers report as one line (and clean up after)."""
+    if hasattr(signal, "SIGXFSZ"):
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        except ValueError:  # not the main thread (an embedding caller): leave it be
+            pass

@@ -31,8 +31,10 @@ cmd_train.configure = _add_train
 # ----------------------------------------------------------------------------- cache
 
 def _add_cache(p):
-    config_args(p)
-    p.add_argument("--out", required=True, help="cache directory to write")
+    config_args(p, required=False)  # required unless --verify (checked in cmd_cache)
+    p.add_argument("--out", help="cache directory to write")
+    p.add_argument("--verify", metavar="DIR", help="instead: check the sizes and sha256 checksums of cache DIR's "
+                   "shards against its meta.json; exit 0 when intact, 2 (naming the shard) when not")
     p.add_argument("--augmentations", "-k", type=int, default=1, help="random crops per image (default 1)")
     p.add_argument("--rows-per-shard", type=int, default=4096)
     p.add_argument("--with-pixels", action="store_true",
@@ -44,6 +46,10 @@ def _add_cache(p):
 def cmd_cache(args) -> int:
     from genhancer.data.cache_build import build_cache
 
+    if args.verify is not None:
+        return _verify_cache(args)
+    if not args.config or not args.out:
+        raise ConfigError("cache: --config and --out are required to build a cache (or --verify DIR to check one)")
     at_least("--augmentations", args.augmentations)
     at_least("--rows-per-shard", args.rows_per_shard)
     check_out_dir(args.out)
@@ -55,6 +61,17 @@ def cmd_cache(args) -> int:
 
 
 cmd_cache.configure = _add_cache
+
+
+def _verify_cache(args) -> int:
+    from genhancer.data.cache import verify_cache
+
+    if args.config or args.out or args.overrides:
+        raise ConfigError("cache --verify DIR: takes no --config, --out or overrides")
+    res = verify_cache(args.verify)
+    print(f"cache '{args.verify}' is intact: {res['files']} files, {res['bytes']:,} bytes, sizes and sha256 "
+          "checksums match meta.json")
+    return 0
 
 
 # ----------------------------------------------------------------------------- sample

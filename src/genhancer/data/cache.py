@@ -14,10 +14,18 @@ normalised view is ``(u8 / 255 - mean) / std`` of the same crop.
 Layout of a cache directory::
 
     meta.json               encoder source + weights fingerprint, dims, latent shape, kind,
-                            rows, pixels (bool) and the encoder preprocessing, skipped images
+                            rows, pixels (bool) and the encoder preprocessing, skipped images,
+                            ``files``: {name: {bytes, sha256}} of every shard and the space file
+    config.yaml             the resolved config it was built from (the rebuild command reads it)
     space.safetensors       latent-space buffers used when encoding (standardisation stats)
     shard-00000.safetensors global_token[N,Dg] float, latents[N,C,h,w] float | codes[N,h,w] int64,
                             pixel_u8[N,3,Se,Se] uint8 (pixels=True only)
+
+Opening a cache (:func:`read_meta`) compares every recorded file's size with the disk,
+which costs one ``stat`` per file, so a truncated or missing shard is one line (with the
+command that rebuilds it) before any training step; ``genhancer cache --verify DIR``
+(:func:`verify_cache`) also compares the sha256 checksums. A cache written before
+``files`` was recorded opens with one warning and is not checked.
 
 Reading (``CacheSource``) shuffles shard order and rows within a shard per epoch and
 gives each rank a disjoint slice of every shard.
@@ -25,7 +33,10 @@ gives each rank a disjoint slice of every shard.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import torch
@@ -55,12 +66,92 @@ def buf_shape(d: Path, key: str) -> tuple:
         return tuple(f.get_slice(key).get_shape()[1:])
 
 
-def read_meta(path: str | Path) -> dict:
+def file_record(f: Path) -> dict:
+    """What meta.json ``files`` holds for one file: its size and sha256."""
+    with open(f, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {"bytes": f.stat().st_size, "sha256": digest}
+
+
+def rebuild_command(path: str | Path, meta: dict) -> str:
+    """The ``genhancer cache`` command that writes this cache again, in place."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():  # written before caches kept their config
+        return f"genhancer cache -c CONFIG ... --out {shlex.quote(str(path))} --overwrite"
+    argv = ["genhancer", "cache", "-c", str(path / "config.yaml"), "--out", str(path),
+            "-k", str(meta.get("augmentations", 1))]
+    if "rows_per_shard" in meta:
+        argv += ["--rows-per-shard", str(meta["rows_per_shard"])]
+    return shlex.join(argv + (["--with-pixels"] if meta.get("pixels") else []) + ["--overwrite"])
+
+
+def cache_problems(path: str | Path, meta: dict, checksums: bool = False) -> list[str]:
+    """What differs between the cache's files and meta.json ``files`` (sizes; with
+    ``checksums`` also the sha256 of every file whose size is right), first problem first."""
+    path, recorded = Path(path), meta["files"]
+    problems = []
+    for name, want in sorted(recorded.items()):
+        f = path / name
+        if not f.is_file():
+            problems.append(f"'{f}' is missing")
+        elif (size := f.stat().st_size) != want["bytes"]:
+            problems.append(f"'{f}' is {size} bytes, meta.json records {want['bytes']} (truncated or overwritten)")
+        elif checksums and file_record(f)["sha256"] != want["sha256"]:
+            problems.append(f"'{f}' does not match its sha256 in meta.json (altered or corrupt)")
+    problems += [f"'{f}' is not recorded in meta.json (from another cache?)"
+                 for f in sorted(path.glob("shard-*.safetensors")) if f.name not in recorded]
+    return problems
+
+
+def _damaged(path: str | Path, meta: dict, problems: list[str], prefix: str) -> DataError:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return DataError(f"{prefix}cache '{path}' is damaged: {problems[0]}{more}; rebuild it with "
+                     f"`{rebuild_command(path, meta)}`")
+
+
+_WARNED_UNRECORDED: set[str] = set()
+
+
+def _load_meta(path: str | Path, flag: str) -> dict:
     f = Path(path) / "meta.json"
     if not f.is_file():
-        raise DataError(f"data.path: '{path}' is not a genhancer cache (no meta.json); build one with "
+        raise DataError(f"{flag}: '{path}' is not a genhancer cache (no meta.json); build one with "
                         "`genhancer cache`")
-    return json.loads(f.read_text())
+    try:
+        return json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{flag}: '{f}' is not valid JSON ({e}); rebuild the cache with "
+                        "`genhancer cache ... --overwrite`") from None
+
+
+def read_meta(path: str | Path) -> dict:
+    """meta.json of the cache at ``path``, after checking that every recorded file has its
+    recorded size (one line naming the first file that does not, and the rebuild command)."""
+    meta = _load_meta(path, "data.path")
+    if "files" not in meta:
+        if str(path) not in _WARNED_UNRECORDED:
+            _WARNED_UNRECORDED.add(str(path))
+            print(f"warning: cache '{path}' records no file sizes or checksums (written by an older genhancer), "
+                  "so a damaged shard cannot be detected; rebuild it to add them", file=sys.stderr)
+        return meta
+    problems = cache_problems(path, meta)
+    if problems:
+        raise _damaged(path, meta, problems, "data.path: ")
+    return meta
+
+
+def verify_cache(path: str | Path) -> dict:
+    """Check sizes and sha256 checksums of every file meta.json records; returns a summary
+    (``files``, ``bytes``) or raises one :class:`DataError` line naming the first bad file."""
+    meta = _load_meta(path, "--verify")
+    if "files" not in meta:
+        raise DataError(f"--verify: cache '{path}' records no file sizes or checksums (written by an older "
+                        f"genhancer), so there is nothing to verify against; rebuild it with "
+                        f"`{rebuild_command(path, {})}`")
+    problems = cache_problems(path, meta, checksums=True)
+    if problems:
+        raise _damaged(path, meta, problems, "")
+    return {"files": len(meta["files"]), "bytes": sum(r["bytes"] for r in meta["files"].values())}
 
 
 def check_cache_fits(path: str | Path, enhancer, stage) -> None:
@@ -122,7 +213,9 @@ class CacheSource:
     def __init__(self, path: str | Path, rank: int = 0, world_size: int = 1, seed: int = 0):
         self.path, self.rank, self.world, self.seed = Path(path), rank, world_size, seed
         self.meta = read_meta(path)
-        self.shards = sorted(self.path.glob("shard-*.safetensors"))
+        recorded = self.meta.get("files")
+        self.shards = (sorted(self.path / n for n in recorded if n.startswith("shard-")) if recorded
+                       else sorted(self.path.glob("shard-*.safetensors")))
         if not self.shards:
             raise DataError(f"data.path: cache '{path}' has no shard-*.safetensors")
         self.epoch = 0
@@ -142,7 +235,7 @@ class CacheSource:
         pending: dict[str, list] = {}
         count, emitted = 0, 0
         for si in order:
-            data = load_file(str(self.shards[si]))
+            data = self._load(load_file, self.shards[si])
             rows = torch.randperm(next(iter(data.values())).shape[0], generator=g)[self.rank::self.world]
             for k, v in data.items():
                 pending.setdefault(k, []).append(v[rows])
@@ -156,3 +249,14 @@ class CacheSource:
                 if emitted > skip:
                     batch["key"] = [f"{self.epoch}:{emitted}:{i}" for i in range(batch_size)]
                     yield batch
+
+    def _load(self, load_file, shard: Path) -> dict:
+        try:
+            return load_file(str(shard))
+        except Exception as e:
+            # Same size, altered header: the size check on open cannot see it, but reading can.
+            if type(e).__name__ != "SafetensorError":
+                raise
+            raise DataError(f"data.path: cache shard '{shard}' is not readable ({str(e).splitlines()[0]}); "
+                            f"check it with `genhancer cache --verify {shlex.quote(str(self.path))}` or rebuild "
+                            f"it with `{rebuild_command(self.path, self.meta)}`") from None

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import torch
 
-from genhancer.checkpoint import SPACE_FILE, atomic_dir, save_space_state
+from genhancer.checkpoint import CONFIG_FILE, SPACE_FILE, atomic_dir, save_space_state
 from genhancer.config import Config
-from genhancer.data.cache import SHARD, buf_shape, preprocessing_of, to_uint8
-from genhancer.errors import DataError
+from genhancer.data.cache import SHARD, buf_shape, file_record, preprocessing_of, to_uint8
+from genhancer.errors import DataError, writing
+
+# After a full disk: atomic_dir removed the temporary directory and left any earlier cache in place.
+FULL_HINT = "the partial cache was removed; free some space, then run `genhancer cache` again"
 
 
 def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_per_shard: int = 4096,
@@ -42,11 +45,15 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
     def write(tmp: Path) -> dict:
         buf: dict[str, list] = {"global_token": [], key: [], **({"pixel_u8": []} if pixels else {})}
         shard, rows, total = 0, 0, 0
+        files: dict[str, dict] = {}  # meta.json "files": what opening / --verify checks
 
         def flush():
             nonlocal shard, rows
             if rows:
-                save_file({k: torch.cat(v).contiguous() for k, v in buf.items()}, str(tmp / SHARD.format(shard)))
+                name = SHARD.format(shard)
+                with writing(f"cache shard '{out_dir / name}'", FULL_HINT):
+                    save_file({k: torch.cat(v).contiguous() for k, v in buf.items()}, str(tmp / name))
+                files[name] = file_record(tmp / name)
                 shard, rows = shard + 1, 0
                 for v in buf.values():
                     v.clear()
@@ -76,15 +83,18 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
         if total == 0:
             raise DataError(f"data.path: '{cfg.data.path}' gave no images to cache")
         save_space_state(enhancer.space, tmp / SPACE_FILE)
+        files[SPACE_FILE] = file_record(tmp / SPACE_FILE)
+        cfg.save(tmp / CONFIG_FILE)  # what data.cache.rebuild_command points at
         meta = {"encoder": cfg.encoder.name_or_path, "encoder_fingerprint": enhancer.encoder.fingerprint(),
                 "global_dim": enhancer.encoder.global_dim,
                 "tokenizer": cfg.tokenizer.kind, "gen_size": enhancer.gen_size, "kind": key,
                 "latent_shape": list(buf_shape(tmp, key)), "rows": total, "shards": shard,
-                "augmentations": augmentations, "skipped_images": stream.skipped(),
-                "pixels": pixels, "preprocessing": preprocessing_of(enhancer)}
+                "augmentations": augmentations, "rows_per_shard": rows_per_shard,
+                "skipped_images": stream.skipped(), "pixels": pixels, "preprocessing": preprocessing_of(enhancer),
+                "files": files}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         return meta
 
     result = {}
-    atomic_dir(out_dir, lambda d: result.update(write(d)), overwrite=overwrite)
+    atomic_dir(out_dir, lambda d: result.update(write(d)), overwrite=overwrite, what="cache", hint=FULL_HINT)
     return result

@@ -403,5 +403,6 @@ def pretrain_clip(corpus_dir, out_dir, steps: int = DEFAULT_STEPS, batch_size: i
             w.writerows(log_rows)
 
     with _quiet_transformers(not show):
-        atomic_dir(out, write, overwrite=overwrite)
+        atomic_dir(out, write, overwrite=overwrite, what="pretrained CLIP",
+                   hint="the partial write was removed; free some space, then run it again")
     return metrics

@@ -13,6 +13,8 @@ import html
 import json
 from pathlib import Path
 
+from genhancer.errors import writing
+
 # Below this relative loss gap the denoiser does not use the global token in any way that
 # could carry feedback to the encoder.
 USAGE_FLOOR = 0.02
@@ -94,9 +96,15 @@ def _answer(res: dict, ablation: dict | None) -> str:
 
 def write_report(out: Path) -> Path:
     """Write ``out/report.html`` from whatever parts of the demo exist; returns its path."""
+    out = Path(out)
+    # The report is rebuilt from the run's JSON, so after a full disk it only needs writing again.
+    with writing(f"report '{out / 'report.html'}'", "free some space, then run the command again"):
+        return _write_report(out)
+
+
+def _write_report(out: Path) -> Path:
     from genhancer.diagnostics import plot_condition_usage
 
-    out = Path(out)
     res = _read(out / "eval" / "results.json")
     timing = _read(out / "timing.json") or {}
     ablation = _read(out / "ablation.json")

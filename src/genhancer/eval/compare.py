@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from genhancer.errors import DataError
+from genhancer.errors import DataError, writing
 from genhancer.eval.common import model_name, resolve_encoder, write_json
 from genhancer.eval.mmvp import CATEGORIES, run_mmvp
 from genhancer.eval.retrieval import run_retrieval
@@ -227,9 +227,11 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
                 notes.append(f"{task} ({tag}): {len(res[tag]['skipped'])} item(s) skipped; see {tag}/{task}/.")
     table = format_table(rows)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(_markdown(name_b, name_a, rows, charts, notes), encoding="utf-8")
-    html_path.write_text(_html(name_b, name_a, rows, charts, notes), encoding="utf-8")
-    write_json(out / "compare_summary.json", {"before": name_b, "after": name_a, "rows": rows, "notes": notes})
+    with writing(f"report '{html_path}'"):
+        md_path.write_text(_markdown(name_b, name_a, rows, charts, notes), encoding="utf-8")
+        html_path.write_text(_html(name_b, name_a, rows, charts, notes), encoding="utf-8")
+        write_json(out / "compare_summary.json", {"before": name_b, "after": name_a, "rows": rows,
+                                                  "notes": notes})
     if print_table:
         print(table)
     return {"before": name_b, "after": name_a, "rows": rows, "table": table, "results": results,

@@ -16,7 +16,11 @@ from pathlib import Path
 import torch
 
 from genhancer.config import Config
+from genhancer.errors import writing
 
+# What to do after a full disk stopped a run: its checkpoints are whole (checkpoint.atomic_dir).
+RESUME_HINT = ("the run's checkpoints are untouched; free some space, then continue with "
+               "`genhancer train ... --resume`")
 LOG_HEADER = "step,loss,lr,grad_norm,samples_per_s\n"
 
 
@@ -37,7 +41,7 @@ def start_log(log_path: Path, start: int) -> None:
 
 
 def log_row(log_path: Path, step: int, loss: float, lr: float, grad_norm: float, rate: float) -> None:
-    with log_path.open("a") as f:
+    with writing(f"training log '{log_path}'", RESUME_HINT), log_path.open("a") as f:
         csv.writer(f).writerow([step, f"{loss:.6f}", f"{lr:.3e}", f"{grad_norm:.4f}", f"{rate:.2f}"])
 
 
@@ -73,7 +77,8 @@ def write_diagnostics(run_dir: Path, objective, totals: dict[str, torch.Tensor],
     """diagnostics.json (skipped-image counts + the objective's summed diagnostics, e.g. the
     loss-by-t table), and the training plots."""
     info = {"skipped_images": skipped, **objective.summarize({k: v.cpu() for k, v in totals.items()})}
-    (run_dir / "diagnostics.json").write_text(json.dumps(info, indent=2))
+    with writing(f"'{run_dir / 'diagnostics.json'}'"):
+        (run_dir / "diagnostics.json").write_text(json.dumps(info, indent=2))
     try:
         from genhancer.plots import plot_training
 

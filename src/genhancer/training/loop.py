@@ -33,7 +33,7 @@ from genhancer.checkpoint import (
 )
 from genhancer.config import Config
 from genhancer.data.stream import BatchStream, fit_latent_stats
-from genhancer.errors import CheckpointError, GenHancerError
+from genhancer.errors import CheckpointError, GenHancerError, writing
 from genhancer.training.guard import NonFiniteGuard, NonFiniteWeights
 from genhancer.training.log import ConditionUsage, log_row, start_log, write_diagnostics
 from genhancer.training.precision import mixed_precision
@@ -106,8 +106,9 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, start: int) -> None:
     if removed:
         print(f"removed {removed} stale temporary checkpoint director{'y' if removed == 1 else 'ies'} "
               f"from '{run_dir / 'checkpoints'}' (left by an interrupted write or prune)")
-    cfg.save(run_dir / "config.yaml")
-    start_log(run_dir / "log.csv", start)
+    with writing(f"the run's config.yaml and log.csv in '{run_dir}'"):
+        cfg.save(run_dir / "config.yaml")
+        start_log(run_dir / "log.csv", start)
 
 
 def train(cfg: Config, resume: str | bool | None = None, progress: bool | None = None,

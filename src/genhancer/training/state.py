@@ -105,13 +105,18 @@ def save_checkpoint(run_dir: Path, step: int, enhancer, opt, sched, stream, hist
     def write(d: Path) -> None:
         save_file(weights, str(d / MODEL_FILE))
         save_space_state(enhancer.space, d / SPACE_FILE)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, d / OPTIMIZER_FILE)
+        # Into a Python file object, not a path: torch's own writer reports a full disk as
+        # "unexpected pos", while a file object's OSError (errno) survives as the context.
+        with open(d / OPTIMIZER_FILE, "wb") as f:
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, f)
         rng, meta = rng_tensors()
         save_file(rng, str(d / RNG_FILE), metadata=meta)
         (d / STATE_FILE).write_text(json.dumps({"step": step, "data": stream.state_dict(), **history}))
         cfg.save(d / CONFIG_FILE)
 
-    out = atomic_dir(run_dir / "checkpoints" / f"step-{step:08d}", write)
+    out = atomic_dir(run_dir / "checkpoints" / f"step-{step:08d}", write, what="checkpoint",
+                     hint="the partial write was removed and earlier checkpoints are untouched; free some space, "
+                          "then continue with `genhancer train ... --resume`")
     prune(run_dir, cfg.train.keep_last)
     return out
 
