@@ -160,6 +160,7 @@ def test_run_bench_quick(tmp_path, capsys):
     for key in ("device", "matmul", "denoiser", "enhancer", "eval", "memory", "compile", "memory_estimate"):
         assert key in res
     assert res["matmul"]["fp32"]["flops"] > 0
+    assert res["matmul"]["bf16"]["flops"] > 0  # measured on CPUs too (AVX-512 BF16 runs it ~2x fp32)
     assert {(r["preset"], r["tokens"]) for r in res["denoiser"]} >= {("tiny", 16), ("tiny", 256)}
     for r in res["denoiser"]:
         assert r["flops_per_step"] == r["batch"] * flow_dit_train_flops(
@@ -200,7 +201,7 @@ def test_run_bench_quick(tmp_path, capsys):
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert on_disk["denoiser"] == json.loads(json.dumps(res["denoiser"]))
     out = capsys.readouterr().out
-    assert "matmul ceiling" in out and "memory estimate" in out
+    assert "matmul ceiling" in out and "memory estimate" in out and "bf16 / fp32" in out
     assert "x bound; from files" in out and "ViT-B/32 shape" in out
     ref = res["reference"]
     assert ref["preset"] == "tiny" and [(r["batch"], r["tokens"]) for r in ref["shapes"]] == [(32, 16), (4, 256)]

@@ -11,7 +11,7 @@ from PIL import Image
 from genhancer.config import LoraConfig
 from genhancer.encoders import load_encoder
 from genhancer.errors import ConfigError, ModelLoadError
-from genhancer.lora import apply_lora, has_lora, merge_lora
+from genhancer.lora import apply_lora, apply_vision_lora, has_lora, merge_lora
 
 
 def _images(n=3, size=40):
@@ -58,15 +58,25 @@ def test_encoder_errors(tmp_path):
         load_encoder("someone/not-cached-model")
 
 
-def test_lora_trains_vision_only_text_bit_identical(tiny_clip_dir):
+@pytest.mark.parametrize("upstream", [True, False])
+def test_lora_trains_vision_only_text_bit_identical(tiny_clip_dir, upstream):
+    # upstream: the default (visual projection adapted, wrapped biases train, as upstream's
+    # peft all-linear + bias='lora_only'); else the narrow adapter (attention + MLP, no bias).
     enc = load_encoder(str(tiny_clip_dir))
-    text_before = {k: v.clone() for k, v in enc.model.state_dict().items() if not k.startswith("vision_model")}
-    vision_before = {k: v.clone() for k, v in enc.vision_tower.state_dict().items()}
+    text_before = {k: v.clone() for k, v in enc.model.state_dict().items()
+                   if not k.startswith(("vision_model", "visual_projection"))}
+    vision_before = {k: v.clone() for k, v in enc.model.state_dict().items()
+                     if k.startswith(("vision_model", "visual_projection"))}
     for p in enc.parameters():
         p.requires_grad_(False)
-    apply_lora(enc.vision_tower, LoraConfig(r=4, alpha=4, dropout=0.0))
+    cfg = LoraConfig(r=4, alpha=4, dropout=0.0) if upstream else \
+        LoraConfig(r=4, alpha=4, dropout=0.0, visual_projection=False, bias="none")
+    apply_vision_lora(enc, cfg)
     trainable = [n for n, p in enc.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n and "vision_model" in n for n in trainable)
+    assert trainable and all("vision_model" in n or "visual_projection" in n for n in trainable)
+    assert any("visual_projection.lora_A" in n for n in trainable) == upstream
+    assert any(n.endswith("base_layer.bias") for n in trainable) == upstream
+    assert all("lora_" in n or (upstream and n.endswith("base_layer.bias")) for n in trainable)
     opt = torch.optim.AdamW([p for p in enc.parameters() if p.requires_grad], lr=1e-2)
     px = enc.preprocess(_images(4))
     toks = enc.tokenize(["a", "b", "c", "d"])
@@ -76,13 +86,16 @@ def test_lora_trains_vision_only_text_bit_identical(tiny_clip_dir):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    merge_lora(enc.vision_tower)
-    assert not has_lora(enc.vision_tower)
+    merge_lora(enc.model)
+    assert not has_lora(enc.model)
     after = enc.model.state_dict()
+    assert set(after) == set(text_before) | set(vision_before)  # plain modules again, same names
     for k, v in text_before.items():
         assert torch.equal(after[k], v), f"{k} changed"
-    changed = [k for k, v in enc.vision_tower.state_dict().items() if not torch.equal(v, vision_before[k])]
+    changed = [k for k, v in vision_before.items() if not torch.equal(after[k], v)]
     assert any("q_proj.weight" in k for k in changed), "LoRA training must change merged vision weights"
+    assert ("visual_projection.weight" in changed) == upstream
+    assert any(k.endswith("q_proj.bias") for k in changed) == upstream
 
 
 def test_lora_target_that_matches_nothing(tiny_clip_dir):

@@ -49,6 +49,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("default", "reference: global token, two-stage, logit-normal, small MM-DiT"),
     Variant("shuffled-condition", "control: stage 2 reconstructs each image from another image's global token",
             stage2_overrides=("cond.shuffle=true",), stage1_from="default"),
+    Variant("adapter-attn-mlp", "stage 2: LoRA on attention + MLP only, no biases, visual projection frozen "
+            "(the default adapts the projection and biases as upstream does)",
+            stage2_overrides=("lora.visual_projection=false", "lora.bias=none"), stage1_from="default"),
+    Variant("oracle-condition", "ceiling: the condition is every patch token (what the tower sees), not the "
+            "global token; its stage 1 measures what the denoiser can draw",
+            ("cond.source=patches",)),
     Variant("local-10", "condition: +10% local patch tokens", ("cond.local_token_fraction=0.1",), cached=False),
     Variant("local-50", "condition: +50% local patch tokens", ("cond.local_token_fraction=0.5",), cached=False),
     Variant("end-to-end", "training: one joint stage instead of two", e2e=True),

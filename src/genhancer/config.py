@@ -64,6 +64,10 @@ class CondConfig:
     local_token_fraction: float = _f(0.0, lo=0.0, hi=1.0)
     shuffle: bool = _f(False, doc="control: condition each image on another image's global token "
                                   "(the feedback then carries nothing about the image)")
+    source: str = _f("global", choices=("global", "patches"),
+                     doc="what the condition is made of: the global token (the method), or every patch "
+                         "token through a learnt linear map (an oracle that holds what the vision tower "
+                         "sees: the drawability ceiling)")
 
 
 @dataclass
@@ -117,6 +121,12 @@ class LoraConfig:
     # Suffixes of nn.Linear module names inside the vision tower; defaults cover
     # CLIP and SigLIP attention + MLP linears.
     target_modules: list[str] = _f(factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    # Upstream's stage 2 (peft all-linear over the CLIPModel, bias='lora_only'): the visual
+    # projection, which makes the global token, gets an adapter too, and the biases of every
+    # wrapped linear train. false / none give the narrower adapter of earlier versions.
+    visual_projection: bool = _f(True, doc="also adapt the visual projection (CLIP's global-token layer)")
+    bias: str = _f("lora_only", choices=("none", "lora_only"),
+                   doc="lora_only: the biases of the wrapped linears train too (upstream); none: they stay frozen")
 
 
 @dataclass

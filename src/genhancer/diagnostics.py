@@ -71,9 +71,13 @@ def condition_usage(enhancer, batch: dict[str, torch.Tensor], seed: int = 0, bin
         z = enhancer.target(batch["gen_pixels"].to(dev))
         global_token, patches = enhancer.encoder.encode_image(pix)
         outs = []
-        for g in (global_token, shuffled_global(global_token)):
+        # The oracle condition (cond.source="patches") is made of the patch tokens: shuffle
+        # those too, so that "another image's condition" holds for every source.
+        oracle = getattr(enhancer, "cond_source", "global") == "patches"
+        for g, p in ((global_token, patches),
+                     (shuffled_global(global_token), shuffled_global(patches) if oracle else patches)):
             gen = torch.Generator(device=dev).manual_seed(seed)
-            outs.append(enhancer.loss_from(g, patches, z, generator=gen))
+            outs.append(enhancer.loss_from(g, p, z, generator=gen))
     finally:
         enhancer.train(was_training)
     own_out, shuf_out = outs

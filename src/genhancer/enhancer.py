@@ -24,7 +24,7 @@ from torch import nn
 from genhancer.config import Config, ModelConfig
 from genhancer.denoisers import build_denoiser, denoiser_hidden_size
 from genhancer.encoders import VisionLanguageEncoder, load_encoder
-from genhancer.lora import apply_lora, has_lora
+from genhancer.lora import apply_vision_lora, has_lora, is_lora_param
 from genhancer.projector import Projector
 
 
@@ -56,8 +56,11 @@ class Enhancer(nn.Module):
         cond_dim = cfg.projector.cond_dim or denoiser_hidden_size(cfg.denoiser)
         self.local_fraction = cfg.cond.local_token_fraction
         self.shuffle_condition = cfg.cond.shuffle
+        self.cond_source = cfg.cond.source
+        n_patches = self.encoder.num_patches if self.cond_source == "patches" else 0
         self.projector = Projector(self.encoder.global_dim, cond_dim, cfg.projector.hidden_dim,
-                                   patch_dim=self.encoder.patch_dim if self.local_fraction > 0 else None)
+                                   patch_dim=self.encoder.patch_dim if self.local_fraction > 0 else None,
+                                   oracle_dim=n_patches * self.encoder.patch_dim or None)
         from genhancer.objectives import build_objective
 
         self.denoiser = build_denoiser(cfg.denoiser, self.space, self.grid, cond_dim)
@@ -71,16 +74,17 @@ class Enhancer(nn.Module):
 
     # ------------------------------------------------------------------ what trains
     def set_trainable(self, lora: bool = False, projector: bool = True, denoiser: bool = True) -> None:
-        """Choose what trains. The encoder's own weights never do; ``lora`` injects LoRA
-        adapters into the vision tower the first time it is asked for (later calls without
-        it keep them, frozen)."""
+        """Choose what trains. The encoder's own weights never do (but, with ``lora.bias=
+        lora_only``, the biases of the wrapped linears); ``lora`` injects LoRA adapters on
+        the vision side the first time it is asked for (later calls without it keep them,
+        frozen)."""
         for prm in self.encoder.parameters():
             prm.requires_grad_(False)
         if lora:
-            if not has_lora(self.encoder.vision_tower):
-                apply_lora(self.encoder.vision_tower, self.cfg.lora)
-            for n, prm in self.encoder.vision_tower.named_parameters():
-                prm.requires_grad_("lora_" in n)
+            if not has_lora(self.encoder.model):
+                apply_vision_lora(self.encoder, self.cfg.lora)
+            for n, prm in self.encoder.model.named_parameters():
+                prm.requires_grad_(is_lora_param(n, self.cfg.lora))
         self.lora_trains = lora
         for prm in self.projector.parameters():
             prm.requires_grad_(projector)
@@ -91,9 +95,24 @@ class Enhancer(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------ conditioning
+    @property
+    def needs_patches(self) -> bool:
+        """The condition reads patch tokens (local tokens or the oracle): a token cache cannot serve."""
+        return self.local_fraction > 0 or self.cond_source == "patches"
+
     def condition(self, global_token: torch.Tensor, patches: torch.Tensor | None = None,
                   generator: torch.Generator | None = None):
-        """global[B,Dg] (+ patches[B,N,Dv]) -> cond[B,Dc], cond_tokens[B,K,Dc] | None."""
+        """global[B,Dg] (+ patches[B,N,Dv]) -> cond[B,Dc], cond_tokens[B,K,Dc] | None.
+
+        With ``cond.source="patches"`` (the oracle) the global token is replaced by a learnt
+        map of every patch token."""
+        if self.cond_source == "patches":
+            if patches is None:
+                from genhancer.errors import ConfigError
+
+                raise ConfigError("cond.source=patches needs patch tokens: train from images or a "
+                                  "`genhancer cache --with-pixels` cache")
+            global_token = self.projector.oracle_token(patches)
         cond = self.projector(global_token)
         if self.local_fraction <= 0 or patches is None:
             return cond, None
@@ -131,6 +150,7 @@ class Enhancer(nn.Module):
             from genhancer.diagnostics import shuffled_global
 
             global_token = shuffled_global(global_token)
+            patches = None if patches is None else shuffled_global(patches)
         return self.loss_from(global_token, patches, z, generator)
 
     def loss_from(self, global_token: torch.Tensor, patches: torch.Tensor | None, z: torch.Tensor,

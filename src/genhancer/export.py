@@ -19,7 +19,7 @@ from genhancer.checkpoint import (
 )
 from genhancer.encoders import VisionLanguageEncoder, load_encoder
 from genhancer.errors import CheckpointError, GenHancerError
-from genhancer.lora import apply_lora, merge_lora
+from genhancer.lora import apply_vision_lora, is_lora_param, merge_lora
 
 ENC_PREFIX = "encoder."
 
@@ -29,14 +29,15 @@ def load_enhanced_encoder(checkpoint: str | Path) -> VisionLanguageEncoder:
     ckpt = resolve_checkpoint(checkpoint)
     cfg = load_checkpoint_config(ckpt)
     weights = load_weights(ckpt)
-    lora = {k[len(ENC_PREFIX):]: v for k, v in weights.items() if k.startswith(ENC_PREFIX) and "lora_" in k}
+    lora = {k[len(ENC_PREFIX):]: v for k, v in weights.items()
+            if k.startswith(ENC_PREFIX) and is_lora_param(k, cfg.lora)}
     if not lora:
         raise CheckpointError(f"checkpoint '{ckpt}' holds no LoRA weights (a stage-1 checkpoint?); "
                               "export a stage-2 or e2e checkpoint")
     encoder = load_encoder(cfg.encoder.name_or_path, cfg.encoder.image_size)
-    apply_lora(encoder.vision_tower, cfg.lora)
+    apply_vision_lora(encoder, cfg.lora)
     load_into(encoder, lora, f"checkpoint '{ckpt}'")
-    merge_lora(encoder.vision_tower)
+    merge_lora(encoder.model)
     return encoder.eval()
 
 

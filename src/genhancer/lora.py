@@ -1,9 +1,12 @@
-"""LoRA on the vision tower only, through peft.
+"""LoRA on the vision side only, through peft.
 
-The text tower, the projections and the logit scale are frozen and never wrapped, so
-they stay bit-identical whatever the training does; only the vision tower's attention
-and MLP linears get adapters. ``merge_lora`` folds the adapters into the base weights
-and leaves plain ``nn.Linear`` modules, so the result saves as an ordinary checkpoint.
+The text tower, the text projection and the logit scale are never wrapped, so they stay
+bit-identical whatever the training does. :func:`apply_vision_lora` does what upstream's
+stage 2 does on the vision side: adapters on the vision tower's linears and (by default,
+``lora.visual_projection``) on CLIP's visual projection, the layer that makes the global
+token; with ``lora.bias="lora_only"`` the wrapped linears' biases train too.
+``merge_lora`` folds the adapters into the base weights and leaves plain ``nn.Linear``
+modules, so the result saves as an ordinary checkpoint.
 """
 
 from __future__ import annotations
@@ -25,10 +28,31 @@ def _target_regex(targets: list[str]) -> str:
 
 
 def apply_lora(vision_tower: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Inject LoRA adapters into ``vision_tower`` in place; only adapter weights train."""
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import LoraModel
+    """Inject LoRA adapters into ``vision_tower``'s target linears in place; only they train
+    (and, with ``cfg.bias="lora_only"``, the wrapped linears' biases)."""
+    _check_targets(vision_tower, cfg)
+    return _inject(vision_tower, cfg, _target_regex(cfg.target_modules))
 
+
+def apply_vision_lora(encoder, cfg: LoraConfig) -> nn.Module:
+    """Adapters on ``encoder``'s vision side as ``cfg`` says; returns the module that holds
+    them all (the whole model when the visual projection is wrapped, else the vision tower)."""
+    proj = getattr(encoder.model, "visual_projection", None)
+    if not (cfg.visual_projection and isinstance(proj, nn.Linear)):
+        # SigLIP has no visual projection (its global token is the pooled MAP output,
+        # whose linears live inside the vision tower and are matched by name).
+        return apply_lora(encoder.vision_tower, cfg)
+    # peft wraps in place through the parent module, so the projection is wrapped from the
+    # model; upstream makes the 336-px model's weight contiguous first, so do we.
+    proj.weight.data = proj.weight.data.contiguous()
+    tower = next(n for n, m in encoder.model.named_children() if m is encoder.vision_tower)
+    _check_targets(encoder.vision_tower, cfg)
+    names = "|".join(re.escape(t) for t in cfg.target_modules)
+    regex = rf"^(?:{re.escape(tower)}\..*\.(?:{names})|visual_projection)$"
+    return _inject(encoder.model, cfg, regex)
+
+
+def _check_targets(vision_tower: nn.Module, cfg: LoraConfig) -> None:
     if not cfg.target_modules:
         raise ConfigError("lora.target_modules: expected at least one module name, got []")
     linear_names = {n.rsplit(".", 1)[-1] for n, m in vision_tower.named_modules() if isinstance(m, nn.Linear)}
@@ -36,12 +60,26 @@ def apply_lora(vision_tower: nn.Module, cfg: LoraConfig) -> nn.Module:
     if missing:
         raise ConfigError(f"lora.target_modules: {', '.join(missing)} match no linear layer of the vision "
                           f"tower; available: {', '.join(sorted(linear_names))}")
-    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=_target_regex(cfg.target_modules), bias="none")
-    for p in vision_tower.parameters():
+
+
+def _inject(module: nn.Module, cfg: LoraConfig, regex: str) -> nn.Module:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import LoraModel
+
+    peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=regex,
+                              bias=getattr(cfg, "bias", "none"))
+    for p in module.parameters():
         p.requires_grad_(False)
-    LoraModel(vision_tower, peft_cfg, ADAPTER)  # wraps the matched linears in place
-    return vision_tower
+    LoraModel(module, peft_cfg, ADAPTER)  # wraps the matched linears in place
+    for n, p in module.named_parameters():
+        p.requires_grad_(is_lora_param(n, cfg))
+    return module
+
+
+def is_lora_param(name: str, cfg: LoraConfig) -> bool:
+    """Whether parameter ``name`` trains in stage 2: an adapter weight, or (bias "lora_only")
+    the bias of a wrapped linear (peft names it ``<layer>.base_layer.bias``)."""
+    return "lora_" in name or (getattr(cfg, "bias", "none") == "lora_only" and name.endswith("base_layer.bias"))
 
 
 def has_lora(module: nn.Module) -> bool:

@@ -26,6 +26,9 @@ def format_table(res: dict[str, Any]) -> str:
     for k, v in res["matmul"].items():
         sizes = ", ".join(f"{n}: {_fmt_flops(f)}" for n, f in v["by_size"].items())
         lines.append(f"  {k:<6} best {_fmt_flops(v['flops']):>16}   ({sizes})")
+    if {"fp32", "bf16"} <= set(res["matmul"]):
+        ratio = res["matmul"]["bf16"]["flops"] / res["matmul"]["fp32"]["flops"]
+        lines.append(f"  bf16 / fp32: {ratio:.2f}x (same run)")
 
     section("denoiser train step (fwd + bwd, analytic FLOPs = 3 x forward)")
     lines.append(f"  {'preset':<10}{'params':>10}{'tokens':>8}{'batch':>7}{'dtype':>10}{'GFLOP/step':>12}"

@@ -170,7 +170,7 @@ def check_cache_fits(path: str | Path, enhancer, stage) -> None:
                         f"{meta['gen_size']} px, the config asks for '{enhancer.cfg.tokenizer.kind}' at "
                         f"{enhancer.gen_size} px")
     cached_space = load_weights(Path(path), SPACE_FILE)
-    if stage.cache_kind == "tokens":
+    if stage.cache_kind == "tokens" and not (enhancer.needs_patches and meta.get("pixels")):
         if meta["global_dim"] != enhancer.encoder.global_dim:
             raise DataError(f"data.path: cache '{path}' holds {meta['global_dim']}-d global tokens, the encoder "
                             f"gives {enhancer.encoder.global_dim}-d")
@@ -179,9 +179,9 @@ def check_cache_fits(path: str | Path, enhancer, stage) -> None:
         if fp is not None and fp != enhancer.encoder.fingerprint():
             raise DataError(f"data.path: cache '{path}' was built with another encoder ('{meta['encoder']}', "
                             f"weights {fp}) than encoder.name_or_path gives; rebuild it with `genhancer cache`")
-        if enhancer.local_fraction > 0:
-            raise DataError("cond.local_token_fraction > 0 needs patch tokens, which the cache does not hold; "
-                            "train from images instead")
+        if enhancer.needs_patches:
+            raise DataError("cond.local_token_fraction > 0 / cond.source=patches need patch tokens, which this "
+                            "cache does not hold; train from images or a `genhancer cache --with-pixels` cache")
         load_into(enhancer.space, cached_space, f"cache '{path}'", strict_keys=False)
         return
     if not meta.get("pixels"):

@@ -43,8 +43,9 @@ class BatchStream:
             stage = stage_of(cfg.train.stage)
             check_cache_fits(cfg.data.path, enhancer, stage)
             self.source = CacheSource(cfg.data.path, rank=rank, world_size=world, seed=cfg.train.seed)
-            # A stage that trains LoRA runs the encoder on the cached pixels; stage 1 ignores them.
-            self.encoder_views = stage.cache_kind == "pixels"
+            # A stage that trains LoRA runs the encoder on the cached pixels, and so does a
+            # condition made of patch tokens; otherwise stage 1 ignores them.
+            self.encoder_views = stage.cache_kind == "pixels" or enhancer.needs_patches
             spec = enhancer.encoder.spec
             self._mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
             self._std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
