@@ -44,15 +44,18 @@ def encoder_dtype(encoder: torch.nn.Module) -> torch.dtype:
 
 
 def resolve_encoder(model: Any, device: str | torch.device | None = None):
-    """A model directory / hub id or an already loaded encoder -> (encoder in eval mode, device).
+    """A model directory / hub id / ``REPO:SUBFOLDER`` / ``ModelRef`` or an already loaded
+    encoder -> (encoder in eval mode, device).
 
     A loaded encoder stays where it is unless ``device`` is given; a path is loaded and
     put on ``device`` (default: CUDA when available, else CPU).
     """
-    if isinstance(model, (str, Path)):
+    from genhancer.encoders.sources import ModelRef
+
+    if isinstance(model, (str, Path, ModelRef)):
         from genhancer.encoders.hf import load_encoder
 
-        encoder = load_encoder(str(model))
+        encoder = load_encoder(model if isinstance(model, ModelRef) else str(model))
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
@@ -67,7 +70,9 @@ def resolve_encoder(model: Any, device: str | torch.device | None = None):
 
 
 def model_name(model: Any) -> str:
-    if isinstance(model, (str, Path)):
+    from genhancer.encoders.sources import ModelRef
+
+    if isinstance(model, (str, Path, ModelRef)):
         return str(model)
     return str(getattr(model, "source", "") or type(model).__name__)
 
