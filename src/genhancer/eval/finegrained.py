@@ -39,7 +39,7 @@ def run_blind_pairs(model: Any, data: str | Path, out_dir: str | Path | None = N
     data = Path(data)
     pairs = make_pairs(data, read_questions(data))
     paths = list(dict.fromkeys(p for pair in pairs for p in pair.image_paths))
-    encoder, dev = resolve_encoder(model, device)
+    encoder, dev = resolve_encoder(model, device, needs_text=False)
     emb, problems = encode_images(encoder, paths, batch_size, dev, strict=not allow_partial, desc="pair images")
     bad = {paths[i] for i in problems}
     ok = [p for p in paths if p not in bad]
@@ -92,7 +92,7 @@ def run_knn(model: Any, labels_file: str | Path, out_dir: str | Path | None = No
         if list(r["label_ids"]) != attrs or not all(isinstance(v, int) and v >= 0 for v in r["label_ids"].values()):
             raise DataError(f"{labels_file}:{n}: 'label_ids' must give every attribute of the first row "
                             f"({', '.join(attrs)}) a class id >= 0")
-    encoder, dev = resolve_encoder(model, device)
+    encoder, dev = resolve_encoder(model, device, needs_text=False)
     feats, _ = encode_images(encoder, [labels_file.parent / r["image"] for r in rows], batch_size, dev)
     feats = feats.cpu()
     per_attr, items = {}, []
