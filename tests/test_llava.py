@@ -79,6 +79,7 @@ def test_into_llava(setup, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     llava, out = setup["llava"], tmp_path / "enhanced-llava"
+    (llava / "pytorch_model.bin").write_bytes(b"\x80\x04stale pickled copy")   # beside the safetensors: not read
     assert main(["export", str(setup["ckpt"]), str(out), "--into-llava", str(llava)]) == 0
     shards = sorted(p.name for p in llava.glob("*.safetensors"))
     assert len(shards) > 2 and (llava / "model.safetensors.index.json").is_file()
@@ -86,8 +87,9 @@ def test_into_llava(setup, tmp_path):
     tower_files = {v for k, v in json.loads((llava / "model.safetensors.index.json").read_text())["weight_map"].items()
                    if "vision_tower." in k}
     # Every other file, processor / tokenizer / chat template / config / index included: byte for byte.
-    for f in sorted(p for p in llava.iterdir() if p.name not in tower_files | {"README.md"}):
+    for f in sorted(p for p in llava.iterdir() if p.name not in tower_files | {"README.md", "pytorch_model.bin"}):
         assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+    assert not (out / "pytorch_model.bin").exists()   # it would still hold the original tower
     assert {"processor_config.json", "chat_template.jinja", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert before.keys() == after.keys()
     for k in before:

@@ -9,8 +9,9 @@ The swap works on the files, not through ``from_pretrained`` / ``save_pretrained
 loading a 7 B LLaVA to replace 0.3 B parameters would need the whole model in memory, and
 saving it again through the installed transformers would rename keys (transformers 4 and
 5 lay LLaVA's keys out differently), re-shard and re-type it. Here every file is copied
-byte for byte (config, processor, tokenizer, chat template, generation config), except the
-safetensors shards that hold vision-tower tensors: those are rewritten with the same
+byte for byte (config, processor, tokenizer, chat template, generation config), except
+weights in other formats (``pytorch_model*.bin`` etc., not copied: they would still hold
+the old tower) and the safetensors shards that hold vision-tower tensors: those are rewritten with the same
 tensor names, dtypes and metadata, only the vision-tower values replaced (cast to the
 dtype the LLaVA stores); every other tensor in them is read and written back unchanged.
 ``README.md`` becomes the export's model card.
@@ -37,6 +38,9 @@ SINGLE_FILE = "model.safetensors"
 TOWER = "vision_tower."
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIP_DIRS = {".git", ".cache"}   # a clone's history / huggingface_hub's download bookkeeping
+# Weights in other formats beside the safetensors would still hold the original vision
+# tower (and a loader preferring them would silently run it): they are not copied.
+OTHER_WEIGHTS = ("pytorch_model", "tf_model", "flax_model", "model.ckpt")
 CARD = "README.md"
 
 
@@ -72,7 +76,8 @@ def _local_dir(name: str) -> Path:
         from huggingface_hub import snapshot_download
 
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        return Path(snapshot_download(name, local_files_only=offline))
+        return Path(snapshot_download(name, local_files_only=offline,
+                                      ignore_patterns=[f"{w}*" for w in OTHER_WEIGHTS] + ["*.pkl"]))
     except Exception as e:
         raise ModelLoadError(f"--into-llava: '{name}' is neither a local directory nor a hub repository that can "
                              f"be fetched here ({type(e).__name__})") from None
@@ -182,7 +187,7 @@ def write_llava(src: LlavaSource, tower: dict, out: Path) -> None:
 
     for path in sorted(src.root.rglob("*")):
         rel = path.relative_to(src.root)
-        if rel.parts[0] in SKIP_DIRS or path.is_dir() or str(rel) == CARD:
+        if rel.parts[0] in SKIP_DIRS or path.is_dir() or str(rel) == CARD or rel.name.startswith(OTHER_WEIGHTS):
             continue
         dest = out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
