@@ -141,6 +141,9 @@ def test_compare_rows(tmp_path, capsys):
     assert "blind pairs (cos > 0.95)" in printed and "k-NN hue" in printed
     saved = json.loads((tmp_path / "cmp" / "compare_summary.json").read_text())
     assert {"blind pairs (cos > 0.95)", "MMVP pair cosine (mean)", "k-NN hue"} <= {r["metric"] for r in saved["rows"]}
+    per_pair = saved["pair_cosines"]
+    assert [p["pair"] for p in per_pair] == list(range(6))
+    assert all(p["before"] == pytest.approx(1.0) and p["after"] < p["before"] for p in per_pair)
     html = (tmp_path / "cmp" / "report.html").read_text()
     # Fewer blind pairs is the good direction: coloured as an improvement.
     assert "<td>blind pairs (cos &gt; 0.95)</td><td>100.00</td>" in html

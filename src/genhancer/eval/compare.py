@@ -275,7 +275,13 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text(_markdown(name_b, name_a, rows, charts, notes), encoding="utf-8")
     html_path.write_text(_html(name_b, name_a, rows, charts, notes), encoding="utf-8")
-    write_json(out / "compare_summary.json", {"before": name_b, "after": name_a, "rows": rows, "notes": notes})
+    summary: dict[str, Any] = {"before": name_b, "after": name_a, "rows": rows, "notes": notes}
+    if "mmvp" in results:   # each pair's global-token cosine, before and after (the rows are their summary)
+        bi, ai = _aligned(results["mmvp"]["before"]["items"], results["mmvp"]["after"]["items"], key=lambda r: r["pair"])
+        summary["pair_cosines"] = [{"pair": b["pair"], "category": b["category"], "qid1": b["qid1"],
+                                    "qid2": b["qid2"], "before": b["cosine"], "after": a["cosine"]}
+                                   for b, a in zip(bi, ai)]
+    write_json(out / "compare_summary.json", summary)
     if print_table:
         print(table)
     return {"before": name_b, "after": name_a, "rows": rows, "table": table, "results": results,

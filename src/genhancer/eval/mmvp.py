@@ -218,7 +218,9 @@ def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, ba
     """Score ``model`` (a model directory / hub id or a loaded encoder) on MMVP-VLM at ``data``.
 
     Returns the summary (what ``mmvp_summary.json`` holds) plus ``items``: one record per
-    scored pair with its ``correct`` flag, for paired statistics. Writes
+    scored pair with its ``correct`` flag, for paired statistics, and the ``cosine`` of its
+    two images' global tokens (``blind`` when above ``BLIND_COSINE``; the summary's
+    ``blind_pairs`` counts them: the image-only half, no text involved). Writes
     ``mmvp_pairs.csv``, ``mmvp_summary.json`` and ``mmvp_categories.png`` to ``out_dir``
     when given.
 
