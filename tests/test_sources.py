@@ -111,7 +111,7 @@ def test_cli_vision_only(repo, tiny_clip_dir, tmp_path, capsys):
     assert json.loads((out / "mmvp_summary.json").read_text())["n_pairs"] == 3
     assert main(["eval", "mmvp", "--model", str(repo["root"]), "--subfolder", "OpenAICLIP/full",
                  "--data", str(data), "--allow-partial", "--out", str(tmp_path / "sub")]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().out.count("blind pairs (global-token cosine > 0.95)") == 2
 
     def refused(args, *needles):
         bad_out = tmp_path / "never"
