@@ -81,3 +81,20 @@ def test_report_says_when_the_denoiser_ignores_the_condition(tmp_path):
     _fake_run(tmp_path, usage=0.001)
     text = " ".join(_parse(write_report(tmp_path)).text)
     assert "near zero: the denoiser hardly uses the global token" in text
+
+
+def test_report_blind_pair_rows(tmp_path):
+    """The image-only rows: blind-pair share per encoder (lower is better, so a drop is green)
+    and compare's cosine row with three digits."""
+    _fake_run(tmp_path, usage=0.12)
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    for k, v in (("baseline", 60.0), ("control", 58.0), ("enhanced", 40.0)):
+        res[k]["mmvp_blind"] = v
+    res["compare_rows"].append({"metric": "MMVP pair cosine (mean)", "before": 0.9612, "after": 0.9023,
+                                "delta": -0.0589, "ci_low": -0.07, "ci_high": -0.05, "p_value": None,
+                                "unit": "cosine", "lower_is_better": True})
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(res))
+    page = write_report(tmp_path).read_text()
+    row = page.split("cannot tell apart")[1].split("</tr>")[0]
+    assert "60.0" in row and '<span class="pos">-20.0</span>' in row and '<span class="pos">-2.0</span>' in row
+    assert "<td>0.961</td><td>0.902</td><td>-0.059</td><td>[-0.070, -0.050]</td>" in page

@@ -3,7 +3,15 @@
 The output directory is an ordinary transformers checkpoint (safetensors + processor +
 tokenizer), so ``CLIPModel.from_pretrained``, ``CLIPVisionModel.from_pretrained`` (what
 LLaVA-style models load) and ``SiglipModel.from_pretrained`` read it unchanged. The text
-tower is written exactly as it was loaded.
+tower is written exactly as it was loaded. ``into_llava`` writes instead a copy of a
+transformers LLaVA checkpoint with the enhanced vision tower (``genhancer.llava``).
+
+Every export writes ``README.md``, a Hugging Face model card (``genhancer.model_card``):
+the base, the recipe read from the checkpoint, and the before / after table of
+``card_metrics`` (a ``compare_summary.json``) when given.
+
+Every input is checked before the encoder is loaded or anything is written; the output
+appears all at once (``atomic_dir``) or not at all.
 """
 
 from __future__ import annotations
@@ -18,8 +26,9 @@ from genhancer.checkpoint import (
     resolve_checkpoint,
 )
 from genhancer.encoders import VisionLanguageEncoder, load_encoder
-from genhancer.errors import CheckpointError, GenHancerError
+from genhancer.errors import CheckpointError, ConfigError, GenHancerError
 from genhancer.lora import apply_vision_lora, is_lora_param, merge_lora
+from genhancer.model_card import base_license, read_card_metrics, read_recipe, render_card
 
 ENC_PREFIX = "encoder."
 
@@ -54,7 +63,7 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 
 def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_only: bool = False,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, card: str | None = None) -> Path:
     out = check_out_dir(out_dir, overwrite)
 
     def write(tmp: Path) -> None:
@@ -63,6 +72,8 @@ def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_onl
             encoder.image_processor.save_pretrained(tmp)
         else:
             encoder.save_pretrained(tmp)
+        if card is not None:
+            (tmp / "README.md").write_text(card, encoding="utf-8")
 
     return atomic_dir(out, write, overwrite=True, what="export",
                       hint="the partial export was removed and any earlier one is untouched; free some space, then export again")
@@ -81,7 +92,43 @@ def _vision_model(encoder: VisionLanguageEncoder):
     return model
 
 
-def export(checkpoint: str | Path, out_dir: str | Path, vision_only: bool = False,
-           overwrite: bool = False) -> Path:
+def export(checkpoint: str | Path, out_dir: str | Path, vision_only: bool = False, overwrite: bool = False,
+           into_llava: str | None = None, card_metrics: str | Path | None = None) -> Path:
+    """Write the merged encoder (or, with ``into_llava``, a LLaVA copy carrying it) and its
+    model card to ``out_dir``."""
     check_out_dir(out_dir, overwrite)  # before the model is loaded: fail fast
-    return save_encoder(load_enhanced_encoder(checkpoint), out_dir, vision_only, overwrite)
+    if into_llava and vision_only:
+        raise ConfigError("--into-llava writes a whole LLaVA checkpoint; it does not go with --vision-only")
+    metrics = read_card_metrics(card_metrics) if card_metrics is not None else None
+    ckpt = resolve_checkpoint(checkpoint)
+    stages = read_recipe(ckpt)
+    base = stages[-1]["cfg"].encoder.name_or_path
+    if into_llava:
+        return _export_into_llava(ckpt, out_dir, into_llava, base, stages, metrics, overwrite)
+    encoder = load_enhanced_encoder(ckpt)
+    from genhancer.encoders.sources import parse_model_ref
+
+    ref = parse_model_ref(base, what="encoder.name_or_path")
+    card = render_card(kind="vision" if vision_only else "full", family=encoder.family, encoder_base=base,
+                       stages=stages, metrics=metrics, license=base_license(ref.name_or_path, ref.subfolder))
+    return save_encoder(encoder, out_dir, vision_only, overwrite, card=card)
+
+
+def _export_into_llava(ckpt: Path, out_dir, llava: str, base: str, stages: list, metrics, overwrite: bool) -> Path:
+    from genhancer.encoders.sources import parse_model_ref, read_config, vision_state
+    from genhancer.llava import check_tensors, check_vision_config, inspect_llava, write_llava
+
+    src = inspect_llava(llava)
+    base_cfg = read_config(parse_model_ref(base, what="encoder.name_or_path"), "encoder.name_or_path")
+    check_vision_config(src, base_cfg.vision_config, base)   # before the encoder is loaded
+    encoder = load_enhanced_encoder(ckpt)
+    tower = vision_state(encoder.vision_tower)
+    check_tensors(src, tower)
+    card = render_card(kind="llava", family=encoder.family, encoder_base=base, stages=stages, metrics=metrics,
+                       license=base_license(str(src.root)), llava_base=llava)
+
+    def write(tmp: Path) -> None:
+        write_llava(src, tower, tmp)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    return atomic_dir(check_out_dir(out_dir, overwrite), write, overwrite=True)

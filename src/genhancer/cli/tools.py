@@ -72,15 +72,25 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", help="where to write the merged transformers checkpoint")
     p.add_argument("--vision-only", action="store_true", help="write only the vision model (CLIPVisionModel / "
                    "SiglipVisionModel) and its image processor")
+    p.add_argument("--into-llava", metavar="LLAVA_DIR_OR_ID",
+                   help="instead: write a copy of this transformers LLaVA checkpoint (LlavaForConditionalGeneration "
+                        "/ LlavaNext) whose vision tower is the enhanced one; every other file and tensor is the "
+                        "LLaVA's; refused when its vision config differs from the encoder's")
+    p.add_argument("--card-metrics", metavar="COMPARE_JSON",
+                   help="compare_summary.json of `genhancer eval compare`: its before / after table goes into the "
+                        "model card (README.md); without it the card has no results table")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
 
 
-@command("export", "merge LoRA into the vision tower and write a transformers checkpoint")
+@command("export", "merge LoRA into the vision tower and write a transformers checkpoint (or a LLaVA with it)")
 def cmd_export(args) -> int:
     from genhancer.export import export
 
-    out = export(args.checkpoint, args.out_dir, vision_only=args.vision_only, overwrite=args.overwrite)
-    print(f"wrote {'vision model' if args.vision_only else 'merged model'} to {out}")
+    out = export(args.checkpoint, args.out_dir, vision_only=args.vision_only, overwrite=args.overwrite,
+                 into_llava=args.into_llava, card_metrics=args.card_metrics)
+    what = "LLaVA with the enhanced vision tower" if args.into_llava else (
+        "vision model" if args.vision_only else "merged model")
+    print(f"wrote {what} and its model card (README.md) to {out}")
     return 0
 
 

@@ -18,7 +18,8 @@ def evaluate_encoder(encoder, data: Path, patches: bool = False) -> dict:
 
     mmvp = run_mmvp(encoder, data / "mmvp")
     probe = run_probe(encoder, data / "probe" / "labels.jsonl")
-    res = {"mmvp": mmvp["average_score"], "mmvp_categories": mmvp["categories"], "probe": probe["mean"],
+    res = {"mmvp": mmvp["average_score"], "mmvp_categories": mmvp["categories"],
+           "mmvp_blind": mmvp["blind_pairs"]["share"], "probe": probe["mean"],
            "probe_per_attribute": probe["per_attribute"], "zeroshot": run_zeroshot(encoder, data / "coarse")["top1"]}
     if patches:
         p = run_probe(encoder, data / "probe" / "labels.jsonl", features="patches")

@@ -40,9 +40,18 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _delta(v: float) -> str:
-    cls = "pos" if v > 0 else "neg" if v < 0 else ""
+def _delta(v: float, lower_is_better: bool = False) -> str:
+    good = v < 0 if lower_is_better else v > 0
+    cls = "" if v == 0 else "pos" if good else "neg"
     return f'<span class="{cls}">{v:+.1f}</span>'
+
+
+def _compare_cells(r: dict) -> list:
+    """A row of ``eval compare`` (percent, or a cosine: 3 digits) as report cells."""
+    d = 3 if r.get("unit") == "cosine" else 1
+    delta = f"{r['delta']:+.{d}f}" if d == 3 else _delta(r["delta"], bool(r.get("lower_is_better")))
+    return [r["metric"], f"{r['before']:.{d}f}", f"{r['after']:.{d}f}", delta,
+            f"[{r['ci_low']:+.{d}f}, {r['ci_high']:+.{d}f}]", "" if r.get("p_value") is None else f"{r['p_value']:.3g}"]
 
 
 def _img(out: Path, rel: str, caption: str) -> str:
@@ -122,6 +131,12 @@ def _write_report(out: Path) -> Path:
                 v = res[k][m]
                 cells.append(f"{v:.1f}" if k == "baseline" else f"{v:.1f} ({_delta(v - res['baseline'][m])})")
             rows.append(cells)
+        if all("mmvp_blind" in res[k] for k, _ in cols):  # results written before the row existed lack it
+            rows.append(["MMVP-format pairs the global token cannot tell apart (cosine > 0.95, %, lower is better)"]
+                        + [f"{res[k]['mmvp_blind']:.1f}" if k == "baseline" else
+                           f"{res[k]['mmvp_blind']:.1f} "
+                           f"({_delta(res[k]['mmvp_blind'] - res['baseline']['mmvp_blind'], lower_is_better=True)})"
+                           for k, _ in cols])
         p.append(_table(["metric"] + [lab for _, lab in cols], rows))
         p.append("<p>Evaluation sets: held-out world seed (never used to tune the recipe). Brackets: change vs the "
                  "baseline in points.</p>")
@@ -147,9 +162,7 @@ def _write_report(out: Path) -> Path:
         if cmp_rows:
             p.append("<h3>Paired uncertainty, enhanced vs baseline</h3>")
             p.append(_table(["metric", "before", "after", "delta", "95 % CI", "McNemar p"],
-                            [[r["metric"], f"{r['before']:.1f}", f"{r['after']:.1f}", _delta(r["delta"]),
-                              f"[{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]",
-                              "" if r.get("p_value") is None else f"{r['p_value']:.3g}"] for r in cmp_rows]))
+                            [_compare_cells(r) for r in cmp_rows]))
     runs = {name: out / name for name in ("stage1", "stage2", "control") if (out / name).is_dir()}
     usage = {name: _read(d / "condition_usage.json") for name, d in runs.items()}
     if any(usage.values()):

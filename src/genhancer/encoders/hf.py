@@ -19,7 +19,7 @@ Contract:
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,15 @@ import torch
 from PIL import Image
 from torch import nn
 
+from genhancer.encoders.sources import (
+    VISION_ONLY,
+    ModelRef,
+    locate,
+    parse_model_ref,
+    read_config,
+    vision_mismatch,
+    vision_state,
+)
 from genhancer.errors import ModelLoadError
 
 FAMILIES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
@@ -53,44 +62,6 @@ def _import_family(family: str):
     return getattr(transformers, FAMILIES[family])
 
 
-def resolve_model_path(name_or_path: str, what: str = "model") -> str:
-    """A local directory, or a hub id that can be resolved; fail fast with one line otherwise."""
-    if not name_or_path:
-        raise ModelLoadError(f"{what}: no model given (expected a hub id or a local directory)")
-    p = Path(name_or_path)
-    if p.exists():
-        if not p.is_dir():
-            raise ModelLoadError(f"{what}: '{name_or_path}' is a file; expected a model directory")
-        if not (p / "config.json").is_file():
-            raise ModelLoadError(f"{what}: '{name_or_path}' has no config.json; expected a directory "
-                                 "written by save_pretrained")
-        return str(p)
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelLoadError(f"{what}: directory '{name_or_path}' does not exist")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(name_or_path, "config.json")
-        if not isinstance(cached, str):
-            raise ModelLoadError(f"{what}: '{name_or_path}' is neither a local directory nor in the "
-                                 "Hugging Face cache, and HF_HUB_OFFLINE=1 forbids downloading it")
-    return name_or_path
-
-
-def read_model_type(path: str) -> str:
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except Exception as e:  # transformers raises many kinds; the user needs one line
-        raise ModelLoadError(f"cannot read the config of '{path}': {str(e).splitlines()[0]}") from None
-    mt = getattr(cfg, "model_type", None)
-    if mt not in FAMILIES:
-        raise ModelLoadError(f"'{path}': unsupported model type '{mt}'; expected one of "
-                             f"{', '.join(FAMILIES)} (CLIPModel / SiglipModel checkpoints)")
-    return mt
-
-
 class VisionLanguageEncoder(nn.Module):
     """A CLIP-family dual encoder with the few operations the method needs."""
 
@@ -105,29 +76,96 @@ class VisionLanguageEncoder(nn.Module):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, name_or_path: str, image_size: int | None = None) -> VisionLanguageEncoder:
-        path = resolve_model_path(name_or_path, "encoder.name_or_path")
-        family = read_model_type(path)
+    def from_pretrained(cls, name_or_path, image_size: int | None = None) -> VisionLanguageEncoder:
+        """``name_or_path``: a directory or hub id, ``REPO:SUBFOLDER``, or a ``ModelRef`` (which
+        may pair a vision-only checkpoint with the base model giving its text tower)."""
+        ref = parse_model_ref(name_or_path, what="encoder.name_or_path")
+        path, kw = locate(ref, "encoder.name_or_path")
+        config = read_config(ref, "encoder.name_or_path")
+        family = getattr(config, "model_type", None)
+        if family in VISION_ONLY:
+            if ref.text_from is None:
+                raise ModelLoadError(f"'{ref.location}' is a vision-only checkpoint ({family}); pass --text-from "
+                                     "BASE (the CLIP / SigLIP model it was trained from) to score it with that "
+                                     "model's text tower")
+            return cls._with_text_from(ref, config, image_size)
+        if family not in FAMILIES:
+            raise ModelLoadError(f"'{ref.location}': unsupported model type '{family}'; expected one of "
+                                 f"{', '.join(FAMILIES)} (CLIPModel / SiglipModel checkpoints)")
+        if ref.text_from is not None:
+            raise ModelLoadError(f"--text-from: '{ref.location}' is a full {FAMILIES[family]} with its own text "
+                                 "tower; --text-from is for vision-only checkpoints")
         from transformers import AutoImageProcessor, AutoTokenizer
 
         try:
-            model = _import_family(family).from_pretrained(path)
+            model = _import_family(family).from_pretrained(path, **kw)
         except Exception as e:
-            raise ModelLoadError(f"cannot load {FAMILIES[family]} from '{path}': "
+            raise ModelLoadError(f"cannot load {FAMILIES[family]} from '{ref.location}': "
                                  f"{str(e).splitlines()[0]}") from None
         try:
-            image_processor = AutoImageProcessor.from_pretrained(path)
+            image_processor = AutoImageProcessor.from_pretrained(path, **kw)
         except Exception as e:
-            raise ModelLoadError(f"'{path}': no usable image processor (preprocessor_config.json): "
+            raise ModelLoadError(f"'{ref.location}': no usable image processor (preprocessor_config.json): "
                                  f"{str(e).splitlines()[0]}") from None
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         except Exception as e:
-            raise ModelLoadError(f"'{path}': no usable tokenizer: {str(e).splitlines()[0]}") from None
-        enc = cls(model, family, image_processor, tokenizer, source=str(name_or_path))
+            raise ModelLoadError(f"'{ref.location}': no usable tokenizer: {str(e).splitlines()[0]}") from None
+        enc = cls(model, family, image_processor, tokenizer, source=str(ref))
         if image_size is not None and image_size != enc.spec.size:
             enc.spec = ImageSpec(image_size, enc.spec.resize_shortest, enc.spec.resample,
                                  enc.spec.mean, enc.spec.std)
+        return enc
+
+    @classmethod
+    def _with_text_from(cls, ref: ModelRef, vision_cfg, image_size: int | None = None) -> VisionLanguageEncoder:
+        """A ``VisionLanguageEncoder``: the base ``ref.text_from`` (text tower, tokenizer, logit
+        scale) with its vision tower replaced by the vision-only checkpoint ``ref``."""
+        import transformers
+
+        base_ref = ref.text_from
+        if base_ref.text_from is not None:
+            raise ModelLoadError(f"--text-from '{base_ref.location}' must be a full model, not another text-from pair")
+        base = cls.from_pretrained(base_ref, image_size=image_size)
+        family = VISION_ONLY[vision_cfg.model_type]
+        if base.family != family:
+            raise ModelLoadError(f"--text-from '{base_ref.location}' is a {FAMILIES[base.family]}, but '{ref.location}' "
+                                 f"is a {vision_cfg.model_type}; expected the {FAMILIES[family]} it was trained from")
+        bad = vision_mismatch(vision_cfg, base.model.config.vision_config)
+        if bad:
+            f, mine, theirs = bad
+            raise ModelLoadError(f"--text-from '{base_ref.location}': vision_config.{f} is {theirs!r} there but "
+                                 f"{mine!r} in '{ref.location}'; expected the base model the vision checkpoint came from")
+        archs = getattr(vision_cfg, "architectures", None) or []
+        if family == "clip":
+            with_proj = "CLIPVisionModelWithProjection" in archs
+            vis_cls = transformers.CLIPVisionModelWithProjection if with_proj else transformers.CLIPVisionModel
+        else:
+            with_proj, vis_cls = False, transformers.SiglipVisionModel
+        path, kw = locate(ref, "--model")
+        try:
+            vis, info = vis_cls.from_pretrained(path, output_loading_info=True, **kw)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load {vis_cls.__name__} from '{ref.location}': {str(e).splitlines()[0]}") from None
+        if info.get("missing_keys"):  # a tower with randomly initialised parts is not the published one
+            raise ModelLoadError(f"'{ref.location}': weights missing for {sorted(info['missing_keys'])[0]} "
+                                 f"(and {len(info['missing_keys']) - 1} more); expected a complete {vis_cls.__name__}")
+        state = vision_state(vis.vision_model if hasattr(vis, "vision_model") else vis)
+        state = {k: v for k, v in state.items() if not k.startswith("visual_projection.")}
+        target = base.vision_tower
+        prefix = "vision_model." if any(k.startswith("vision_model.") for k in target.state_dict()) else ""
+        target.load_state_dict({prefix + k: v for k, v in state.items()}, strict=True)
+        if with_proj:  # its own projection, trained with it; the base's otherwise (a plain tower has none)
+            base.model.visual_projection.load_state_dict(vis.visual_projection.state_dict())
+        try:
+            from transformers import AutoImageProcessor
+
+            processor = AutoImageProcessor.from_pretrained(path, **kw)
+        except Exception:  # a bare vision checkpoint may ship no processor: the base's preprocessing is its own
+            processor = base.image_processor
+        enc = cls(base.model, family, processor, base.tokenizer, source=str(ref))
+        if image_size is not None:
+            enc.spec = dataclasses.replace(enc.spec, size=image_size)
         return enc
 
     @staticmethod
@@ -262,6 +300,7 @@ class VisionLanguageEncoder(nn.Module):
         self.tokenizer.save_pretrained(out_dir)
 
 
-def load_encoder(name_or_path: str, image_size: int | None = None) -> VisionLanguageEncoder:
+def load_encoder(name_or_path, image_size: int | None = None) -> VisionLanguageEncoder:
+    """``name_or_path``: a directory, hub id, ``REPO:SUBFOLDER`` or ``ModelRef``."""
     return VisionLanguageEncoder.from_pretrained(name_or_path, image_size=image_size)
 

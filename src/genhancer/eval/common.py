@@ -43,21 +43,29 @@ def encoder_dtype(encoder: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def resolve_encoder(model: Any, device: str | torch.device | None = None):
-    """A model directory / hub id or an already loaded encoder -> (encoder in eval mode, device).
+IMAGE_METHODS = ("resize_crop", "normalize", "encode_image")
+TEXT_METHODS = ("tokenize", "encode_text", "logits")
+
+
+def resolve_encoder(model: Any, device: str | torch.device | None = None, needs_text: bool = True):
+    """A model directory / hub id / ``REPO:SUBFOLDER`` / ``ModelRef`` or an already loaded
+    encoder -> (encoder in eval mode, device).
 
     A loaded encoder stays where it is unless ``device`` is given; a path is loaded and
-    put on ``device`` (default: CUDA when available, else CPU).
+    put on ``device`` (default: CUDA when available, else CPU). ``needs_text=False`` (the
+    image-only metrics) accepts an encoder with only the image methods, e.g. a DINOv2 wrapper.
     """
-    if isinstance(model, (str, Path)):
+    from genhancer.encoders.sources import ModelRef
+
+    if isinstance(model, (str, Path, ModelRef)):
         from genhancer.encoders.hf import load_encoder
 
-        encoder = load_encoder(str(model))
+        encoder = load_encoder(model if isinstance(model, ModelRef) else str(model))
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         encoder = model
-        for attr in ("resize_crop", "normalize", "encode_image", "tokenize", "encode_text", "logits"):
+        for attr in IMAGE_METHODS + (TEXT_METHODS if needs_text else ()):
             if not hasattr(encoder, attr):
                 raise TypeError(f"model must be a path or an encoder with .{attr}(); got {type(model).__name__}")
     if device is not None:
@@ -67,7 +75,9 @@ def resolve_encoder(model: Any, device: str | torch.device | None = None):
 
 
 def model_name(model: Any) -> str:
-    if isinstance(model, (str, Path)):
+    from genhancer.encoders.sources import ModelRef
+
+    if isinstance(model, (str, Path, ModelRef)):
         return str(model)
     return str(getattr(model, "source", "") or type(model).__name__)
 

@@ -34,13 +34,18 @@ COLUMNS = ("metric", "before", "after", "delta", "95% CI of delta", "McNemar p",
 
 def _row(metric: str, before: float | None, after: float | None, b_items: Sequence[float] | None = None,
          a_items: Sequence[float] | None = None, binary: bool = True, strata: Sequence[str] | None = None,
-         n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+         n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95, unit: str = "%",
+         lower_is_better: bool = False) -> dict[str, Any]:
+    """One table row. ``unit`` "%": per-item outcomes are 0/1 and the metric is their mean in
+    percent; "cosine": the items are the values themselves (no rescaling, 3 digits)."""
     row: dict[str, Any] = {"metric": metric, "before": before, "after": after,
                            "delta": None if before is None or after is None else after - before,
                            "ci_low": None, "ci_high": None, "p_value": None, "b": None, "c": None,
-                           "n": len(b_items) if b_items is not None else None}
+                           "n": len(b_items) if b_items is not None else None, "unit": unit,
+                           "lower_is_better": lower_is_better}
     if b_items:
-        ci = paired_bootstrap_ci([100.0 * float(v) for v in b_items], [100.0 * float(v) for v in a_items],
+        scale = 100.0 if unit == "%" else 1.0
+        ci = paired_bootstrap_ci([scale * float(v) for v in b_items], [scale * float(v) for v in a_items],
                                  n_resamples=n_resamples, confidence=confidence, seed=seed, strata=strata)
         row["ci_low"], row["ci_high"] = ci.low, ci.high
         if binary:
@@ -64,6 +69,28 @@ def _mmvp_rows(b: dict, a: dict, **kw) -> list[dict]:
         bc = [r["correct"] for r in bi if r["category"] == cat]
         ac = [r["correct"] for r in ai if r["category"] == cat]
         rows.append(_row(f"MMVP {cat}", b["categories"][cat], a["categories"][cat], bc, ac, **kw))
+    return rows
+
+
+def _blind_rows(b: dict, a: dict, **kw) -> list[dict]:
+    """Image-only rows from the same MMVP pairs: share of CLIP-blind pairs and mean cosine."""
+    bi, ai = _aligned(b["items"], a["items"], key=lambda r: r["pair"])
+    bb, ab = b["blind_pairs"], a["blind_pairs"]
+    return [_row(f"blind pairs (cos > {bb['threshold']})", bb["share"], ab["share"], [r["blind"] for r in bi],
+                 [r["blind"] for r in ai], lower_is_better=True, **kw),
+            _row("MMVP pair cosine (mean)", bb["mean_cosine"], ab["mean_cosine"], [r["cosine"] for r in bi],
+                 [r["cosine"] for r in ai], binary=False, unit="cosine", lower_is_better=True, **kw)]
+
+
+def _knn_rows(b: dict, a: dict, **kw) -> list[dict]:
+    key = lambda r: (r["row"], r["attribute"])  # noqa: E731
+    bi, ai = _aligned(b["items"], a["items"], key=key)
+    rows = [_row(f"k-NN fine attributes (k={b['k']}, mean)", b["mean"], a["mean"], [r["correct"] for r in bi],
+                 [r["correct"] for r in ai], **kw)]
+    for attr in b["per_attribute"]:
+        rows.append(_row(f"k-NN {attr}", b["per_attribute"][attr], a["per_attribute"][attr],
+                         [r["correct"] for r in bi if r["attribute"] == attr],
+                         [r["correct"] for r in ai if r["attribute"] == attr], **kw))
     return rows
 
 
@@ -99,8 +126,9 @@ def _fmt_p(p: float | None) -> str:
 
 
 def table_cells(row: dict) -> list[str]:
-    ci = "-" if row["ci_low"] is None else f"[{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
-    return [row["metric"], _fmt(row["before"]), _fmt(row["after"]), _fmt(row["delta"], signed=True), ci,
+    d = 3 if row.get("unit") == "cosine" else 2
+    ci = "-" if row["ci_low"] is None else f"[{row['ci_low']:+.{d}f}, {row['ci_high']:+.{d}f}]"
+    return [row["metric"], _fmt(row["before"], d), _fmt(row["after"], d), _fmt(row["delta"], d, signed=True), ci,
             _fmt_p(row["p_value"]), "-" if row["n"] is None else str(row["n"])]
 
 
@@ -131,7 +159,8 @@ def _html(before: str, after: str, rows: list[dict], charts: list[tuple[str, Pat
     body = []
     for r in rows:
         cells = table_cells(r)
-        cls = "" if r["delta"] is None else (" class=up" if r["delta"] > 0 else (" class=down" if r["delta"] < 0 else ""))
+        better = None if not r["delta"] else (r["delta"] < 0) == bool(r.get("lower_is_better"))
+        cls = "" if better is None else (" class=up" if better else " class=down")
         body.append("<tr>" + f"<td>{e(cells[0])}</td>" + "".join(
             f"<td{cls if i == 3 else ''}>{e(c)}</td>" for i, c in enumerate(cells) if i) + "</tr>")
     from genhancer.eval.plots import png_data_uri
@@ -151,6 +180,7 @@ def _html(before: str, after: str, rows: list[dict], charts: list[tuple[str, Pat
 
 def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | Path | None = None,
                 zeroshot_data: str | Path | None = None, retrieval_file: str | Path | None = None,
+                knn_labels: str | Path | None = None, knn_k: int = 10,
                 batch_size: int = 32, device: str | torch.device | None = None, allow_partial: bool = False,
                 templates: Sequence[str] | None = None, image_column: str = "image",
                 caption_column: str = "caption", n_resamples: int = 1000, seed: int = 0,
@@ -160,11 +190,12 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
     Returns ``{"before", "after", "rows", "table", "results", "report_md", "report_html"}``
     where each row holds metric, before, after, delta, ci_low / ci_high (paired bootstrap of
     the delta), p_value (exact McNemar on the per-item outcomes), b / c (discordant counts)
-    and n (matched items).
+    and n (matched items), unit ("%" or "cosine") and lower_is_better. ``mmvp_data`` also gives
+    the image-only blind-pair rows; ``knn_labels`` (a probe ``labels.jsonl``) the k-NN rows.
     """
-    if mmvp_data is None and zeroshot_data is None and retrieval_file is None:
+    if mmvp_data is None and zeroshot_data is None and retrieval_file is None and knn_labels is None:
         raise DataError("compare: nothing to evaluate; give at least one of mmvp_data, zeroshot_data, "
-                        "retrieval_file")
+                        "retrieval_file, knn_labels")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
@@ -181,9 +212,14 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
             results.setdefault("retrieval", {})[tag] = run_retrieval(
                 encoder, retrieval_file, sub / "retrieval", image_column, caption_column, batch_size, dev,
                 allow_partial)
+        if knn_labels is not None:
+            from genhancer.eval.finegrained import run_knn
+
+            results.setdefault("knn", {})[tag] = run_knn(encoder, knn_labels, sub / "knn", k=knn_k,
+                                                         batch_size=batch_size, device=dev)
         for task in results.values():
             task[tag]["model"] = model_name(model)
-        if isinstance(model, (str, Path)):   # loaded here: free it before loading the other one
+        if not hasattr(model, "encode_image"):   # loaded here: free it before loading the other one
             del encoder
             gc.collect()
             if torch.cuda.is_available():
@@ -203,6 +239,10 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
             [a["categories"][c] for c in CATEGORIES] + [a["average_score"]],
             out / "mmvp_before_after.png", title="MMVP-VLM: pairs correct per category",
             ylabel="pairs correct (%)")))
+    if "mmvp" in results:
+        rows += _blind_rows(results["mmvp"]["before"], results["mmvp"]["after"], **kw)
+    if "knn" in results:
+        rows += _knn_rows(results["knn"]["before"], results["knn"]["after"], **kw)
     kept_rows = []
     if "zeroshot" in results:
         kept_rows += _zeroshot_rows(results["zeroshot"]["before"], results["zeroshot"]["after"], **kw)
@@ -221,17 +261,28 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
              "within categories.",
              "McNemar p: exact two-sided binomial test on items that changed (b = right before only, "
              "c = right after only)."]
+    if "mmvp" in results:
+        notes.append("blind pairs: MMVP pairs whose two images' global tokens have cosine > 0.95 (the MMVP paper's "
+                     "CLIP-blind criterion), % of pairs, lower is better; pair cosine in cosine units. Image-only.")
+    if "knn" in results:
+        notes.append(f"k-NN: majority label of the {knn_k} nearest training images by global-token cosine, on "
+                     "the held-out 30 % of the probe labels (the split of eval probe); % correct. Image-only.")
     for task, res in results.items():
         for tag in ("before", "after"):
             if res[tag].get("skipped"):
                 notes.append(f"{task} ({tag}): {len(res[tag]['skipped'])} item(s) skipped; see {tag}/{task}/.")
     table = format_table(rows)
     md_path, html_path = out / "report.md", out / "report.html"
+    summary: dict[str, Any] = {"before": name_b, "after": name_a, "rows": rows, "notes": notes}
+    if "mmvp" in results:   # each pair's global-token cosine, before and after (the rows are their summary)
+        bi, ai = _aligned(results["mmvp"]["before"]["items"], results["mmvp"]["after"]["items"], key=lambda r: r["pair"])
+        summary["pair_cosines"] = [{"pair": b["pair"], "category": b["category"], "qid1": b["qid1"],
+                                    "qid2": b["qid2"], "before": b["cosine"], "after": a["cosine"]}
+                                   for b, a in zip(bi, ai)]
     with writing(f"report '{html_path}'"):
         md_path.write_text(_markdown(name_b, name_a, rows, charts, notes), encoding="utf-8")
         html_path.write_text(_html(name_b, name_a, rows, charts, notes), encoding="utf-8")
-        write_json(out / "compare_summary.json", {"before": name_b, "after": name_a, "rows": rows,
-                                                  "notes": notes})
+        write_json(out / "compare_summary.json", summary)
     if print_table:
         print(table)
     return {"before": name_b, "after": name_a, "rows": rows, "table": table, "results": results,

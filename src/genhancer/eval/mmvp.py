@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,30 @@ def category_scores(records: list[dict[str, Any]]) -> tuple[dict[str, float | No
     return scores, counts, average
 
 
+# The MMVP paper's CLIP-blind threshold (see genhancer.eval.finegrained).
+BLIND_COSINE = 0.95
+
+
+def pair_cosines(pairs, img_emb: torch.Tensor, image_index: dict[Path, int]) -> list[dict[str, Any]]:
+    """One record per pair: ``{"pair", "category", "cosine", "blind"}`` from global tokens
+    ``img_emb`` whose rows ``image_index`` gives per image path."""
+    emb = torch.nn.functional.normalize(img_emb.float(), dim=-1)
+    out = []
+    for pair in pairs:
+        i1, i2 = (image_index[p] for p in pair.image_paths)
+        cos = float(emb[i1] @ emb[i2])
+        out.append({"pair": pair.index, "category": pair.category, "cosine": cos, "blind": cos > BLIND_COSINE})
+    return out
+
+
+def blind_summary(records: Sequence[dict]) -> dict[str, Any]:
+    """Share of blind pairs (%) and mean pair cosine of ``pair_cosines`` records."""
+    n = len(records)
+    return {"threshold": BLIND_COSINE, "n_pairs": n,
+            "share": 100.0 * sum(r["blind"] for r in records) / n if n else None,
+            "mean_cosine": sum(r["cosine"] for r in records) / n if n else None}
+
+
 SKIPPED_SHOWN = 20
 
 
@@ -193,7 +218,9 @@ def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, ba
     """Score ``model`` (a model directory / hub id or a loaded encoder) on MMVP-VLM at ``data``.
 
     Returns the summary (what ``mmvp_summary.json`` holds) plus ``items``: one record per
-    scored pair with its ``correct`` flag, for paired statistics. Writes
+    scored pair with its ``correct`` flag, for paired statistics, and the ``cosine`` of its
+    two images' global tokens (``blind`` when above ``BLIND_COSINE``; the summary's
+    ``blind_pairs`` counts them: the image-only half, no text involved). Writes
     ``mmvp_pairs.csv``, ``mmvp_summary.json`` and ``mmvp_categories.png`` to ``out_dir``
     when given.
 
@@ -249,6 +276,9 @@ def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, ba
     text_index = {q.row: j for j, q in enumerate(qs)}
     logits = similarity(encoder, img_emb, txt_emb)
     records = score_pairs(scorable, logits, image_index, text_index)
+    # The image-only half: how far apart the global token puts the two images of each pair.
+    for rec, cos in zip(records, pair_cosines(scorable, img_emb, image_index)):
+        rec["cosine"], rec["blind"] = cos["cosine"], cos["blind"]
     scores, counts, average = category_scores(records)
     skipped.sort(key=lambda s: s["pair"])
     if skipped:
@@ -265,6 +295,7 @@ def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, ba
         "n_pairs_in_file": len(questions) // 2,
         "pairs_per_category": counts,
         "n_correct": sum(int(r["correct"]) for r in records),
+        "blind_pairs": blind_summary(records),
         "skipped": skipped,
     }
     if out_dir is not None:
@@ -272,9 +303,10 @@ def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, ba
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / "mmvp_pairs.csv",
                   ["pair", "category", "qid1", "qid2", "prob1_img1", "prob2_img1", "pred1", "pred2",
-                   "gt1", "gt2", "correct"],
+                   "gt1", "gt2", "correct", "cosine"],
                   ([r["pair"], r["category"], r["qid1"], r["qid2"], f"{r['prob1_img1']:.6f}",
-                    f"{r['prob2_img1']:.6f}", r["pred1"], r["pred2"], r["gt1"], r["gt2"], int(r["correct"])]
+                    f"{r['prob2_img1']:.6f}", r["pred1"], r["pred2"], r["gt1"], r["gt2"], int(r["correct"]),
+                    f"{r['cosine']:.6f}"]
                    for r in records))
         write_json(out / "mmvp_summary.json", summary)
         if plot:
