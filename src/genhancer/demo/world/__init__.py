@@ -47,12 +47,12 @@ from genhancer.demo.world.sampling import is_reserved, sample_scene, scene_strea
 from genhancer.demo.world.scene import Scene, mentioned_fine_attribute
 from genhancer.demo.world.vocab import (
     BACKGROUNDS,
-    SIGN_COLORS,
     COARSE_ATTRIBUTES,
     COLORS,
     FINE_ATTRIBUTES,
     KINDS,
     MMVP_CATEGORIES,
+    SIGN_COLORS,
     TINTS,
     WORLD_VERSION,
 )
