@@ -25,7 +25,14 @@ from typing import Any
 import torch
 
 from genhancer.errors import DataError
-from genhancer.eval.mmvp import BLIND_COSINE, blind_summary, make_pairs, pair_cosines, read_questions
+from genhancer.eval.mmvp import (
+    BLIND_COSINE,
+    blind_summary,
+    make_pairs,
+    pair_cosines,
+    pairs_per_category_of,
+    read_questions,
+)
 
 __all__ = ["BLIND_COSINE", "blind_summary", "knn_predict", "pair_cosines", "run_blind_pairs", "run_knn"]
 
@@ -37,7 +44,7 @@ def run_blind_pairs(model: Any, data: str | Path, out_dir: str | Path | None = N
     from genhancer.eval.common import encode_images, model_name, resolve_encoder, write_json
 
     data = Path(data)
-    pairs = make_pairs(data, read_questions(data))
+    pairs = make_pairs(data, read_questions(data), pairs_per_category_of(data))
     paths = list(dict.fromkeys(p for pair in pairs for p in pair.image_paths))
     encoder, dev = resolve_encoder(model, device, needs_text=False)
     emb, problems = encode_images(encoder, paths, batch_size, dev, strict=not allow_partial, desc="pair images")

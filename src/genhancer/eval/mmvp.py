@@ -23,6 +23,7 @@ The protocol (matching ``evaluation/evaluate_mmvp_*.py`` upstream):
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,10 +68,11 @@ class Pair:
     first: Question
     second: Question
     image_dir: Path   # folder of BOTH images: the first row's Type
+    per_category: int = PAIRS_PER_CATEGORY  # pairs per category block (15 in MMVP-VLM itself)
 
     @property
     def category(self) -> str | None:
-        k = self.index // PAIRS_PER_CATEGORY
+        k = self.index // self.per_category
         return CATEGORIES[k] if k < len(CATEGORIES) else None
 
     @property
@@ -126,10 +128,24 @@ def read_questions(data_dir: str | Path) -> list[Question]:
     return questions
 
 
-def make_pairs(data_dir: str | Path, questions: list[Question]) -> list[Pair]:
+def make_pairs(data_dir: str | Path, questions: list[Question], per_category: int = PAIRS_PER_CATEGORY) -> list[Pair]:
     root = Path(data_dir) / IMAGES_DIR
-    return [Pair(i // 2, questions[i], questions[i + 1], root / questions[i].type)
+    return [Pair(i // 2, questions[i], questions[i + 1], root / questions[i].type, per_category)
             for i in range(0, len(questions), 2)]
+
+
+def pairs_per_category_of(data_dir: str | Path) -> int:
+    """Pairs per category block: 15 (MMVP-VLM), or what a benchmark written by ``genhancer
+    world`` records in its ``world.json`` (its larger benchmarks keep the same layout)."""
+    manifest = Path(data_dir) / "world.json"
+    if manifest.is_file():
+        try:
+            n = json.loads(manifest.read_text(encoding="utf-8")).get("pairs_per_category")
+        except (OSError, ValueError, AttributeError):
+            n = None
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            return n
+    return PAIRS_PER_CATEGORY
 
 
 def score_pairs(pairs: list[Pair], logits: torch.Tensor, image_index: dict[Path, int],
@@ -230,17 +246,19 @@ def run_mmvp(model: Any, data: str | Path, out_dir: str | Path | None = None, ba
     """
     data = Path(data)
     questions = read_questions(data)
-    pairs = make_pairs(data, questions)
+    per = pairs_per_category_of(data)
+    n_pairs = len(CATEGORIES) * per
+    pairs = make_pairs(data, questions, per)
     skipped: list[dict[str, Any]] = []
-    if len(pairs) != N_PAIRS:
+    if len(pairs) != n_pairs:
         if not allow_partial:
             raise DataError(f"'{data / QUESTIONS_FILE}' has {len(pairs)} pairs ({len(questions)} rows); MMVP-VLM "
-                            f"expects {len(CATEGORIES)} categories x {PAIRS_PER_CATEGORY} pairs = {N_PAIRS} pairs "
-                            f"({2 * N_PAIRS} rows); pass allow_partial to score what is there")
-        for pair in pairs[N_PAIRS:]:
+                            f"expects {len(CATEGORIES)} categories x {per} pairs = {n_pairs} pairs "
+                            f"({2 * n_pairs} rows); pass allow_partial to score what is there")
+        for pair in pairs[n_pairs:]:
             skipped.append({"pair": pair.index, "qid1": pair.first.qid, "qid2": pair.second.qid,
-                            "reason": f"beyond the {len(CATEGORIES)} x {PAIRS_PER_CATEGORY} category layout"})
-        pairs = pairs[:N_PAIRS]
+                            "reason": f"beyond the {len(CATEGORIES)} x {per} category layout"})
+        pairs = pairs[:n_pairs]
 
     # Fail on a missing file before any model work when the run must be complete.
     paths = list(dict.fromkeys(p for pair in pairs for p in pair.image_paths))
