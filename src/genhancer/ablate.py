@@ -226,14 +226,20 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablate",
                settings: AblateSettings | None = None) -> dict:
-    from tqdm.auto import tqdm
-
     s = settings or AblateSettings()
     demo_dir, out = Path(demo_dir), Path(out)
     variants = select_variants(s.variants)
     if not s.seeds:
         raise ConfigError("ablate: give at least one seed")
-    out.mkdir(parents=True, exist_ok=True)
+    from genhancer.runlock import hold
+
+    with hold(out):  # one ablation per output directory (its demo_dir inputs are shared, not locked)
+        return _run_ablate(demo_dir, out, s, variants)
+
+
+def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Variant]) -> dict:
+    from tqdm.auto import tqdm
+
     prepare_inputs(demo_dir, s.demo, {})
     base = baseline(demo_dir, out)
     # Seed-major: an interrupted ablation leaves whole seeds of every variant, not some variants.

@@ -32,3 +32,8 @@ class CheckpointError(GenHancerError):
 
 class ShapeError(GenHancerError):
     """Sizes that do not fit together (image size vs patch size, channels, ...)."""
+
+
+class RunLocked(GenHancerError):
+    """An output directory another live genhancer process holds (see ``genhancer.runlock``)."""
+

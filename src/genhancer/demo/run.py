@@ -156,15 +156,27 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False) -> dict:
-    s = settings or DemoSettings()
+    """The whole demo into ``out``, which stays locked (``genhancer.runlock``) while it runs."""
+    from genhancer.runlock import hold
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         from genhancer.errors import DataError
 
         raise DataError(f"--out: '{out}' exists and is not a directory")
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold(out) as lock:
+        return _run_demo(out, settings or DemoSettings(), fresh, lock.path)
+
+
+def _run_demo(out: Path, s: DemoSettings, fresh: bool, lock_path: Path) -> dict:
+    if fresh:  # everything but the lock this run holds
+        for p in out.iterdir():
+            if p == lock_path:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=1))
     data = out / "data"
     timing: dict = {}
