@@ -37,3 +37,15 @@ class ShapeError(GenHancerError):
 class RunLocked(GenHancerError):
     """An output directory another live genhancer process holds (see ``genhancer.runlock``)."""
 
+
+class Preempted(BaseException):
+    """Not a mistake: a run stopped on a signal, after writing a checkpoint.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: it is a request to stop, which no
+    ``except Exception`` on the way up may swallow (a demo must not go on to its next stage).
+    The CLI prints the message (empty on non-main ranks: one line per run) and exits with
+    ``exit_code`` (128 + the signal number, what a shell reports for a killed process)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
