@@ -104,9 +104,10 @@ def test_a_signal_on_a_checkpoint_step_writes_it_once(tiny_clip_dir, images, tmp
 
 
 # A subprocess: the second signal ends the process. SIGTERM after step 3; the checkpoint of
-# step 3 then gets a second SIGTERM while model.safetensors is written.
+# step 3 then gets a second SIGTERM (after SAME_REQUEST_S: an earlier one would be taken for
+# the first passed on by a launcher) once model.safetensors is written.
 _SECOND_SIGNAL = """
-import os, signal, sys
+import os, signal, sys, time
 import genhancer.training.loop as gt
 import genhancer.training.state as st
 from genhancer.cli import main
@@ -123,6 +124,7 @@ class Step(gt.TrainStep):
 real = st.save_space_state
 def save_space_state(space, path):
     if Step.calls >= 3:
+        time.sleep(1.2)
         os.kill(os.getpid(), signal.SIGTERM)
     return real(space, path)
 
@@ -154,6 +156,33 @@ def test_a_second_signal_during_the_write_exits_at_once(tiny_clip_dir, images, t
     assert [c.name for c in list_checkpoints(run)][-1] == "step-00000005"
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert [int(r["step"]) for r in read_log(run)] == [1, 2, 3, 4, 5]
+
+
+def test_a_signal_passed_on_at_once_is_not_a_second_one(monkeypatch):
+    """torchrun's agent passes the SIGTERM / SIGINT it got on to every rank, which got it
+    directly too: within SAME_REQUEST_S that is one request; later, a second one ends the
+    process at once (``os._exit``, replaced here)."""
+    import genhancer.training.preempt as pre
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    clock = [100.0]
+    monkeypatch.setattr(pre.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pre.os, "_exit", fake_exit)
+    monkeypatch.setattr(pre.os, "write", lambda fd, b: len(b))
+    stop = pre.StopSignals(type("Acc", (), {"num_processes": 1})())
+    stop._handle(signal.SIGTERM, None)
+    clock[0] += 0.2
+    stop._handle(signal.SIGTERM, None)  # the launcher's copy
+    assert stop.poll() and stop.agreed == signal.SIGTERM
+    clock[0] += pre.SAME_REQUEST_S
+    with pytest.raises(Exited) as e:
+        stop._handle(signal.SIGINT, None)
+    assert e.value.args == (130,)
 
 
 def test_ranks_stop_at_the_same_step(tiny_clip_dir, images, tmp_path):

@@ -6,7 +6,10 @@ each optimizer step (:meth:`StopSignals.poll`), writes a checkpoint at that step
 usual atomic path and raises :class:`~genhancer.errors.Preempted` (exit 143 / 130 / 138).
 A second signal ends the process at once (``os._exit``): a checkpoint being written then
 stays a ``.tmp-*`` directory, which is never taken for a checkpoint and is removed when the
-run is resumed, so the previous checkpoint remains the latest.
+run is resumed, so the previous checkpoint remains the latest. A signal within
+``SAME_REQUEST_S`` of the first is the same request passed on, not a second one: torchrun's
+agent (under ``accelerate launch``) sends every rank the SIGTERM / SIGINT it received itself,
+and Slurm or a terminal has already sent it to the ranks directly.
 
 Several ranks stop at the same step: each step every rank adds its flag to an all-reduce
 (what the non-finite guard does with its counters) whose result the host reads one step
@@ -23,12 +26,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import torch
 
 from genhancer.errors import Preempted
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+SAME_REQUEST_S = 1.0  # torchrun passes a signal on within milliseconds; a person presses twice slower
 
 
 def exit_code(signum: int) -> int:
@@ -44,6 +49,7 @@ class StopSignals:
         self.acc = accelerator
         self.world = accelerator.num_processes
         self.received: int | None = None     # the first signal, in this process
+        self.received_at = 0.0
         self.pid = os.getpid()
         self.pending: torch.Tensor | None = None  # the last step's all-reduced flags (several ranks)
         self.agreed: int | None = None       # the signal every rank stops on
@@ -65,11 +71,14 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         if os.getpid() != self.pid:  # a forked DataLoader worker
             return
+        now = time.monotonic()
         if self.received is not None:
+            if now - self.received_at < SAME_REQUEST_S:
+                return
             os.write(2, f"{signal.Signals(signum).name} again: exiting now; the checkpoint being written, if "
                         "any, is discarded and the previous one stays the latest\n".encode())
             os._exit(exit_code(signum))
-        self.received = signum
+        self.received, self.received_at = signum, now
 
     def poll(self) -> bool:
         """Whether every rank stops after this step (every rank calls it after every step);
