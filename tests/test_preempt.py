@@ -266,3 +266,39 @@ def test_loader_workers_ignore_outside_stop_signals_but_not_their_parent():
                        env=subprocess_env(), timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.splitlines() == ["alive after outside signals: True True", "after terminate: False 0"], p.stdout
+
+
+def test_demo_continues_a_stage_a_signal_stopped(tmp_path, monkeypatch):
+    """A demo stage is done once its last step is checkpointed; one a signal stopped earlier
+    (it left a checkpoint) is resumed on the next `genhancer demo`, not taken as done."""
+    import genhancer.demo.run as demo_run
+    import genhancer.training as training
+    from genhancer.config import load_config
+
+    run = tmp_path / "stage1"
+    cfg = load_config("tiny", [f"train.output_dir={run}", "train.steps=5"])
+    calls: list = []
+    monkeypatch.setattr(training, "train", lambda c, resume=None, **k: calls.append(resume))
+    demo_run._train_step("stage 1", cfg, {})
+    (run / "checkpoints" / "step-00000003").mkdir(parents=True)
+    demo_run._train_step("stage 1", cfg, {})
+    (run / "checkpoints" / "step-00000005").mkdir()
+    demo_run._train_step("stage 1", cfg, {})
+    assert calls == [False, True]
+
+
+@pytest.mark.parametrize("command", ["demo", "ablate"])
+def test_demo_and_ablate_say_how_they_continue(command, tmp_path, monkeypatch, capsys):
+    import genhancer.ablate as ablate
+    import genhancer.demo.run as demo_run
+    from genhancer.errors import Preempted
+
+    def stopped(*a, **k):
+        raise Preempted("stopped by SIGUSR1 at step 3; checkpoint 'x'", 138, "continue with `genhancer train`")
+
+    monkeypatch.setattr(demo_run if command == "demo" else ablate, f"_run_{command}", stopped)
+    rc, _, err = cli(capsys, command, "--quick", "--out", str(tmp_path / "out"))
+    assert rc == 138
+    line = _the_line(err)
+    assert line.startswith("stopped by SIGUSR1 at step 3; checkpoint 'x' (run the same "
+                           f"`genhancer {command}` again"), line

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from genhancer.demo.evaluate import METRIC_LABELS, METRICS, evaluate_encoder
 from genhancer.demo.run import DemoSettings, demo_config, prepare_inputs
-from genhancer.errors import ConfigError
+from genhancer.errors import ConfigError, Preempted
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,11 @@ def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablat
     from genhancer.runlock import hold
 
     with hold(out):  # one ablation per output directory (its demo_dir inputs are shared, not locked)
-        return _run_ablate(demo_dir, out, s, variants)
+        try:
+            return _run_ablate(demo_dir, out, s, variants)
+        except Preempted as e:
+            raise Preempted(e.where, e.exit_code, "run the same `genhancer ablate` again: it keeps the finished "
+                            "runs and starts this one over") from None
 
 
 def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Variant]) -> dict:

@@ -43,9 +43,11 @@ class Preempted(BaseException):
 
     A ``BaseException``, like ``KeyboardInterrupt``: it is a request to stop, which no
     ``except Exception`` on the way up may swallow (a demo must not go on to its next stage).
-    The CLI prints the message (empty on non-main ranks: one line per run) and exits with
-    ``exit_code`` (128 + the signal number, what a shell reports for a killed process)."""
+    ``where`` says where it stopped (empty on non-main ranks: one line per run), ``hint``
+    how to continue, which a command that trains inside may replace with its own. The CLI
+    prints the message and exits with ``exit_code`` (128 + the signal number, what a shell
+    reports for a process a signal ended)."""
 
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
+    def __init__(self, where: str, exit_code: int, hint: str = ""):
+        super().__init__(f"{where} ({hint})" if where and hint else where)
+        self.where, self.exit_code = where, exit_code

@@ -106,5 +106,5 @@ class StopSignals:
         signum = self.agreed or self.received
         name = signal.Signals(signum).name
         self.acc.print(f"{name}: stopped after step {step}, checkpoint '{ckpt}'")
-        line = f"stopped by {name} at step {step}; checkpoint '{ckpt}' (continue with `genhancer train ... --resume`)"
-        return Preempted(line if self.acc.is_main_process else "", exit_code(signum))
+        where = f"stopped by {name} at step {step}; checkpoint '{ckpt}'" if self.acc.is_main_process else ""
+        return Preempted(where, exit_code(signum), "continue with `genhancer train ... --resume`")
