@@ -17,8 +17,9 @@ later, so the hot loop never waits for the device; the ranks therefore stop one 
 after the first signal, all at the same step. One process reads its own flag directly and
 stops at the step during which the signal came.
 
-DataLoader workers forked while the handlers are installed inherit them; there the
-handler does nothing, since the main process stops the run and then its workers.
+DataLoader workers get these signals too (Ctrl-C reaches the process group, Slurm every
+process of a step): they block them (``genhancer.data.loader``), and a worker that runs
+this handler (inherited through fork) ignores it; the main process stops them.
 """
 
 from __future__ import annotations
