@@ -7,6 +7,11 @@ and writes ``OUT_DIR/rank-<r>.json`` with a digest of its trainable parameters b
 and after training, the keys of the samples it trained on and its losses. DDP keeps the
 replicas identical only if it all-reduces the gradients, so equal digests across ranks
 (that saw different samples) show the gradients were in sync.
+
+With ``GENHANCER_TEST_SIGNAL=RANK:STEP:SIGNAL`` that rank sends itself the signal after its
+optimizer step STEP; a run stopped that way records ``exit_code`` and ``message`` of the
+Preempted it raised (and exits 0, so the launcher does not tear the other rank down while
+it is still writing its file).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -66,13 +72,35 @@ def main() -> None:
 
     gt.BatchStream.next = record_next
 
-    res = gt.train(cfg, progress=False, accelerator=acc)
+    steps_run = [0]
+    at = os.environ.get("GENHANCER_TEST_SIGNAL")
+    step_cls = gt.TrainStep
+
+    class CountingStep(step_cls):
+        def __call__(self, *a, **kw):
+            out = super().__call__(*a, **kw)
+            steps_run[0] += 1
+            if at:
+                rank, step, sig = at.split(":")
+                if int(rank) == acc.process_index and int(step) == steps_run[0]:
+                    os.kill(os.getpid(), getattr(signal, sig))
+            return out
+
+    gt.TrainStep = CountingStep
+    from genhancer.errors import Preempted
+
+    stopped: dict = {}
+    try:
+        res = gt.train(cfg, progress=False, accelerator=acc)
+    except Preempted as e:
+        res, stopped = None, {"exit_code": e.exit_code, "message": str(e)}
     enh = captured["enhancer"]
     final = digest(enh)
     info = {"rank": acc.process_index, "world": acc.num_processes,
             "distributed_type": str(acc.distributed_type),
             "init_digest": captured["init"][0], "final_digest": final[0], "final_sum": final[1],
-            "keys": keys, "losses": res.losses, "steps": res.steps}
+            "keys": keys, "losses": res.losses if res else None, "steps": res.steps if res else None,
+            "steps_run": steps_run[0], **stopped}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"rank-{acc.process_index}.json").write_text(json.dumps(info))
 

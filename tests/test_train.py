@@ -1,4 +1,4 @@
-"""The training engine: stages, checkpoints, exact resume, cache, keep_last, NaN guard, DDP.
+"""The training engine: stages, checkpoints, exact resume (after SIGKILL and SIGTERM), cache, keep_last, NaN guard, DDP.
 
 Everything runs on CPU with a tiny random CLIP (32 px) and 12 random 32x32 images. Most
 runs go through ``genhancer.training.train`` in-process (the imports are paid once); only
@@ -249,37 +249,90 @@ def test_stage2_init_from_other_denoiser_size_is_refused(stage1, tiny_clip_dir, 
     assert "shape" in line and "train.init_from" in line, line
 
 
-# ----------------------------------------------------------------------------- 3. exact resume after SIGKILL
+# ----------------------------------------------------------------------------- 3. exact resume after SIGKILL / SIGTERM
 
-def test_resume_after_sigkill_repeats_losses_exactly(tiny_clip_dir, images, tmp_path):
-    from genhancer.checkpoint import list_checkpoints
+def _logged_steps(run: Path) -> int:
+    f = run / "log.csv"
+    return max(f.read_text().count("\n") - 1, 0) if f.is_file() else 0
+
+
+def _by_step(run: Path) -> dict[int, tuple]:
+    out: dict[int, tuple] = {}
+    for r in read_log(run):
+        row = (r["loss"], r["lr"], r["grad_norm"])
+        s = int(r["step"])
+        assert out.setdefault(s, row) == row, f"{run.name}: step {s} logged twice with different values"
+    return out
+
+
+def _assert_same_as_uninterrupted(run_a: Path, run: Path, last: int) -> None:
+    """``run`` logged the same losses, lr and grad norms as ``run_a`` and ended with the same weights."""
+    a, b = _by_step(run_a), _by_step(run)
+    assert sorted(a) == list(range(1, last + 1))
+    assert sorted(b) == list(range(1, last + 1))
+    diff = {s: (a[s], b[s]) for s in a if a[s] != b[s]}
+    assert not diff, f"{run.name}: resumed run differs from the uninterrupted one: {diff}"
+    wa = weights(run_a / "checkpoints" / f"step-{last:08d}" / "model.safetensors")
+    wb = weights(run / "checkpoints" / f"step-{last:08d}" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_after_sigkill_or_sigterm_repeats_losses_exactly(tiny_clip_dir, images, tmp_path):
+    """A: uninterrupted. B: SIGKILL once step 4 is checkpointed. C: SIGTERM at a random step,
+    which stops it after that step with a checkpoint there (off the checkpoint_every grid).
+    B and C resumed must repeat A's log and end with A's weights."""
+    import random
+    import threading
+
+    from genhancer.checkpoint import list_checkpoints, read_state
     from genhancer.config import load_config
     from genhancer.training import train
 
     extra = ("train.steps=8", "train.log_every=1", "train.checkpoint_every=2", "train.keep_last=10")
-    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    run_a, run_b, run_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
 
-    # B: a separate process, killed once step 4 is checkpointed.
-    args = ["train", "-c", "tiny", *overrides(tiny_clip_dir, images, run_b, *extra), "--no-progress"]
-    proc = subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=subprocess_env())
-    # A: uninterrupted, in this process, while B starts up.
+    def start(run: Path) -> subprocess.Popen:
+        args = ["train", "-c", "tiny", *overrides(tiny_clip_dir, images, run, *extra), "--no-progress"]
+        return subprocess.Popen([*CLI, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                env=subprocess_env())
+
+    # B and C: separate processes. C gets SIGTERM from a watcher thread once it logged
+    # `at` steps (it stops after the step during which the signal came).
+    proc_b, proc_c = start(run_b), start(run_c)
+    at = random.randint(1, 5)
+    print(f"\n[resume] SIGTERM to run C once it logged {at} step(s)")
+
+    def watch_c():
+        deadline = time.monotonic() + 180
+        while proc_c.poll() is None and time.monotonic() < deadline:
+            if _logged_steps(run_c) >= at:
+                proc_c.send_signal(signal.SIGTERM)
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch_c, daemon=True)
+    watcher.start()
+    # A: uninterrupted, in this process, while B and C start up.
     res_a = train(load_config("tiny", overrides(tiny_clip_dir, images, run_a, *extra)), progress=False)
     assert res_a.steps == 8
 
     marker = run_b / "checkpoints" / "step-00000004"
     deadline = time.monotonic() + 180
     try:
-        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        while not marker.exists() and proc_b.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert marker.exists(), f"run B never wrote step 4 (rc={proc.poll()}): {proc.stderr.read()[-2000:]}"
-        os.kill(proc.pid, signal.SIGKILL)
+        assert marker.exists(), f"run B never wrote step 4 (rc={proc_b.poll()}): {proc_b.stderr.read()[-2000:]}"
+        os.kill(proc_b.pid, signal.SIGKILL)
+        watcher.join(timeout=180)
+        _, err_c = proc_c.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL, "run B finished before it could be killed"
+        for p in (proc_b, proc_c):
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+            p.stderr.close()
+    assert proc_b.returncode == -signal.SIGKILL, "run B finished before it could be killed"
+    assert proc_c.returncode == 143, f"run C: rc {proc_c.returncode}: {err_c[-2000:]}"
 
     # The kill left only complete step-* directories (a .tmp-* one may remain) ...
     ckdir = run_b / "checkpoints"
@@ -294,31 +347,32 @@ def test_resume_after_sigkill_repeats_losses_exactly(tiny_clip_dir, images, tmp_
         wa, wb = weights(run_a / "checkpoints" / c.name / "model.safetensors"), weights(c / "model.safetensors")
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), c.name
     before = {c.name: snapshot(c) for c in killed_at}
-    print(f"\n[resume] killed with {[c.name for c in killed_at]} on disk, "
+    print(f"[resume] B killed with {[c.name for c in killed_at]} on disk, "
           f"{len(read_log(run_b))} log rows, leftovers {[p.name for p in ckdir.glob('.tmp-*')]}")
+
+    # C: one stderr line naming the checkpoint of the step it stopped at, its latest.
+    lines = [ln for ln in err_c.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err_c, err_c
+    found = re.fullmatch(r"stopped by SIGTERM at step (\d+); checkpoint '([^']+)' .*--resume.*", lines[0])
+    assert found, lines[0]
+    stopped, named = int(found.group(1)), Path(found.group(2))
+    assert at <= stopped <= 8, f"run C stopped at step {stopped}, signalled after {at}"  # 8: a very slow watcher
+    assert named == run_c / "checkpoints" / f"step-{stopped:08d}" == list_checkpoints(run_c)[-1]
+    assert CKPT_FILES <= {p.name for p in named.iterdir()} and read_state(named)["step"] == stopped
+    assert [int(r["step"]) for r in read_log(run_c)] == list(range(1, stopped + 1))
+    print(f"[resume] C stopped by SIGTERM at step {stopped}")
 
     res_b = train(load_config("tiny", overrides(tiny_clip_dir, images, run_b, *extra)), resume=True,
                   progress=False)
     assert res_b.steps == 8
     for name, snap in before.items():  # earlier checkpoints are not rewritten by the resumed run
         assert snapshot(ckdir / name) == snap, name
+    _assert_same_as_uninterrupted(run_a, run_b, 8)
 
-    def by_step(run: Path) -> dict[int, tuple]:
-        out: dict[int, tuple] = {}
-        for r in read_log(run):
-            row = (r["loss"], r["lr"], r["grad_norm"])
-            s = int(r["step"])
-            assert out.setdefault(s, row) == row, f"{run.name}: step {s} logged twice with different values"
-        return out
-
-    a, b = by_step(run_a), by_step(run_b)
-    assert sorted(a) == list(range(1, 9))
-    assert sorted(b) == list(range(1, 9))
-    diff = {s: (a[s], b[s]) for s in a if a[s] != b[s]}
-    assert not diff, f"resumed run differs from the uninterrupted one: {diff}"
-    wa = weights(run_a / "checkpoints" / "step-00000008" / "model.safetensors")
-    wb = weights(run_b / "checkpoints" / "step-00000008" / "model.safetensors")
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    res_c = train(load_config("tiny", overrides(tiny_clip_dir, images, run_c, *extra)), resume=True,
+                  progress=False)
+    assert res_c.steps == 8 and len(res_c.losses) == 8 - stopped
+    _assert_same_as_uninterrupted(run_a, run_c, 8)
 
 
 # ----------------------------------------------------------------------------- 4. cache

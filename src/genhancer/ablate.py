@@ -28,7 +28,7 @@ from pathlib import Path
 
 from genhancer.demo.evaluate import METRIC_LABELS, METRICS, evaluate_encoder
 from genhancer.demo.run import DemoSettings, demo_config, prepare_inputs
-from genhancer.errors import ConfigError
+from genhancer.errors import ConfigError, Preempted
 
 
 @dataclass(frozen=True)
@@ -232,14 +232,24 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 def run_ablate(demo_dir: str | Path = "runs/demo", out: str | Path = "runs/ablate",
                settings: AblateSettings | None = None) -> dict:
-    from tqdm.auto import tqdm
-
     s = settings or AblateSettings()
     demo_dir, out = Path(demo_dir), Path(out)
     variants = select_variants(s.variants)
     if not s.seeds:
         raise ConfigError("ablate: give at least one seed")
-    out.mkdir(parents=True, exist_ok=True)
+    from genhancer.runlock import hold
+
+    with hold(out):  # one ablation per output directory (its demo_dir inputs are shared, not locked)
+        try:
+            return _run_ablate(demo_dir, out, s, variants)
+        except Preempted as e:
+            raise Preempted(e.where, e.exit_code, "run the same `genhancer ablate` again: it keeps the finished "
+                            "runs and starts this one over") from None
+
+
+def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Variant]) -> dict:
+    from tqdm.auto import tqdm
+
     prepare_inputs(demo_dir, s.demo, {})
     base = baseline(demo_dir, out)
     # Seed-major: an interrupted ablation leaves whole seeds of every variant, not some variants.

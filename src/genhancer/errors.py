@@ -92,3 +92,22 @@ def writing(what: str, hint: str = ""):
         if reason is None:
             raise
         raise DiskFullError(f"{reason} while writing {what}" + (f": {hint}" if hint else "")) from None
+
+
+class RunLocked(GenHancerError):
+    """An output directory another live genhancer process holds (see ``genhancer.runlock``)."""
+
+
+class Preempted(BaseException):
+    """Not a mistake: a run stopped on a signal, after writing a checkpoint.
+
+    A ``BaseException``, like ``KeyboardInterrupt``: it is a request to stop, which no
+    ``except Exception`` on the way up may swallow (a demo must not go on to its next stage).
+    ``where`` says where it stopped (empty on non-main ranks: one line per run), ``hint``
+    how to continue, which a command that trains inside may replace with its own. The CLI
+    prints the message and exits with ``exit_code`` (128 + the signal number, what a shell
+    reports for a process a signal ended)."""
+
+    def __init__(self, where: str, exit_code: int, hint: str = ""):
+        super().__init__(f"{where} ({hint})" if where and hint else where)
+        self.where, self.exit_code = where, exit_code

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from genhancer.errors import GenHancerError, disk_full_reason
+from genhancer.errors import GenHancerError, Preempted, disk_full_reason
 
 
 def _commands() -> list:
@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._fn(args) or 0)
     except GenHancerError as e:
         print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Preempted as e:  # not an error: a signal stopped a run at a checkpoint (143 / 130 / 138)
+        if str(e):
+            print(e, file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -27,7 +27,16 @@ def build_cache(cfg: Config, out_dir: str | Path, augmentations: int = 1, rows_p
     """Encode ``cfg.data`` once per augmentation; returns the meta dict.
 
     ``pixels``: also store the encoder view as uint8, so that stage 2 / e2e can train from
-    the cache (see the module docstring)."""
+    the cache (see the module docstring). Holds the lock of ``out_dir`` throughout (beside
+    it: the directory itself appears only at the end, renamed into place)."""
+    from genhancer.runlock import hold
+
+    with hold(out_dir, beside=True):
+        return _build(cfg, out_dir, augmentations, rows_per_shard, overwrite, progress, pixels)
+
+
+def _build(cfg: Config, out_dir: str | Path, augmentations: int, rows_per_shard: int, overwrite: bool,
+           progress: bool | None, pixels: bool) -> dict:
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 

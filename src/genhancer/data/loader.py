@@ -7,7 +7,10 @@ Batches: ``{"pixel_values": [B,3,Se,Se], "gen_pixels": [B,3,Sg,Sg], "text": list
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,6 +71,30 @@ class _PairedBatches(IterableDataset):
         return {"pixel_values": pixel_values, "gen_pixels": gen_pixels,
                 "text": [s["text"] for s in samples], "key": [s["key"] for s in samples],
                 "_positions": n_pos, "_skipped": self.source._take_pending()}
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def _leave_stop_signals_to_main(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: stop signals are the main process's to act on.
+
+    Ctrl-C reaches the whole process group and Slurm signals every process of a job step,
+    workers included. torch's worker handler dies on a SIGTERM that its parent did not
+    send, and the main process's SIGCHLD check then raises in the middle of the step that
+    training was finishing before its checkpoint. So a worker blocks SIGINT / SIGTERM /
+    SIGUSR1 and keeps producing batches until the main process shuts it down; a thread
+    still ends it on a SIGTERM from its parent (DataLoader's last resort, and
+    multiprocessing's at exit), as torch's own handler does."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # before the thread: it inherits the mask
+    parent = os.getppid()
+
+    def wait() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=wait, name="stop-signals", daemon=True).start()
 
 
 def _one_line(e: DataError) -> str:
@@ -135,6 +162,8 @@ def make_loader(source: ImageSource, views: PairedViews, batch_size: int, num_wo
     kw: dict[str, Any] = {}
     if num_workers > 0 and prefetch_factor is not None:
         kw["prefetch_factor"] = prefetch_factor
+    if num_workers > 0:
+        kw["worker_init_fn"] = _leave_stop_signals_to_main
     loader = SourceLoader(_PairedBatches(source, views, batch_size, seed), batch_size=None,
                           num_workers=num_workers, pin_memory=pin_memory, **kw)
     loader.source = source

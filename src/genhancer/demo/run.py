@@ -23,6 +23,7 @@ from pathlib import Path
 
 from genhancer.config import Config, load_config
 from genhancer.demo.evaluate import evaluate_encoder
+from genhancer.errors import Preempted
 
 # The shipped tiny CLIP was pretrained with these (genhancer.demo.clip_asset, asset.json).
 PRETRAIN_CORPUS_IMAGES = 30000
@@ -109,6 +110,17 @@ def _step(name: str, done: Path, fn, log: dict) -> None:
     print(f"[demo] {name}: {log[name]['seconds']} s", flush=True)
 
 
+def _train_step(name: str, cfg: Config, timing: dict) -> None:
+    """One training stage as a demo step: done once its last step is checkpointed. A stage
+    a signal stopped (it left an earlier checkpoint) continues from there."""
+    from genhancer.checkpoint import list_checkpoints
+    from genhancer.training import train
+
+    run = Path(cfg.train.output_dir)
+    final = run / "checkpoints" / f"step-{cfg.train.steps:08d}"
+    _step(name, final, lambda: train(cfg, resume=bool(list_checkpoints(run))), timing)
+
+
 def pretrain_demo_clip(out: Path, s: DemoSettings) -> dict:
     """The tiny CLIP from scratch, as the shipped one was made: its own corpus (world seed 0,
     ``pretrain_corpus_images``; the training corpus is a prefix of it) and
@@ -161,15 +173,30 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
 
 
 def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None, fresh: bool = False) -> dict:
-    s = settings or DemoSettings()
+    """The whole demo into ``out``, which stays locked (``genhancer.runlock``) while it runs."""
+    from genhancer.runlock import hold
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         from genhancer.errors import DataError
 
         raise DataError(f"--out: '{out}' exists and is not a directory")
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold(out) as lock:
+        try:
+            return _run_demo(out, settings or DemoSettings(), fresh, lock.path)
+        except Preempted as e:  # not train's --resume: the demo continues its stopped stage itself
+            raise Preempted(e.where, e.exit_code, "run the same `genhancer demo` again to continue") from None
+
+
+def _run_demo(out: Path, s: DemoSettings, fresh: bool, lock_path: Path) -> dict:
+    if fresh:  # everything but the lock this run holds
+        for p in out.iterdir():
+            if p == lock_path:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     (out / "settings.json").write_text(json.dumps(asdict(s), indent=1))
     data = out / "data"
     timing: dict = {}
@@ -177,14 +204,13 @@ def run_demo(out: str | Path = "runs/demo", settings: DemoSettings | None = None
     prepare_inputs(out, s, timing)
 
     from genhancer.export import export
-    from genhancer.training import train
 
-    _step("stage 1", out / "stage1" / "checkpoints", lambda: train(demo_config(out, s, "1")), timing)
-    _step("stage 2", out / "stage2" / "checkpoints", lambda: train(demo_config(out, s, "2")), timing)
+    _train_step("stage 1", demo_config(out, s, "1"), timing)
+    _train_step("stage 2", demo_config(out, s, "2"), timing)
     _step("export merged encoder", out / "enhanced", lambda: export(out / "stage2", out / "enhanced"), timing)
     if s.control:
-        _step("control: stage 2 with shuffled conditions", out / "control" / "checkpoints",
-              lambda: train(demo_config(out, s, "2", ["cond.shuffle=true"], name="control")), timing)
+        _train_step("control: stage 2 with shuffled conditions",
+                    demo_config(out, s, "2", ["cond.shuffle=true"], name="control"), timing)
         _step("export control encoder", out / "control-enhanced",
               lambda: export(out / "control", out / "control-enhanced"), timing)
 

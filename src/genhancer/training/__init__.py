@@ -4,6 +4,7 @@
 * ``stage``     — the Stage table: what a stage trains, its default lr, init_from, cache kind;
 * ``step``      — the optimizer and one optimizer step;
 * ``guard``     — skipping non-finite steps, refusing non-finite checkpoints;
+* ``preempt``   — stopping at a checkpoint on SIGTERM / SIGINT / SIGUSR1;
 * ``state``     — a run's checkpoints (weights, optimizer, RNG, data position);
 * ``log``       — ``log.csv``, ``diagnostics.json``, the condition-usage diagnostic;
 * ``precision`` — the mixed precision a run uses.

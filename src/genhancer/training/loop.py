@@ -9,6 +9,9 @@ Hot loop: no host-device sync. Losses, the objective's diagnostic sums and the n
 counters stay on the device and are read at log / checkpoint steps; a step whose gradient
 norm is not finite is skipped by the fused AdamW kernel itself (``found_inf``).
 
+Preemption: SIGTERM / SIGINT / SIGUSR1 end the run after the current step with a checkpoint
+(``preempt``); the output directory is locked for the run's life (``genhancer.runlock``).
+
 Determinism: every optimizer step re-seeds torch from ``(seed, step, rank)`` and the data
 pipeline seeds each sample's crop from its key, so a run resumed from a checkpoint
 repeats the uninterrupted run's losses exactly on CPU.
@@ -34,9 +37,11 @@ from genhancer.checkpoint import (
 from genhancer.config import Config
 from genhancer.data.stream import BatchStream, fit_latent_stats
 from genhancer.errors import CheckpointError, GenHancerError, writing
+from genhancer.runlock import hold
 from genhancer.training.guard import NonFiniteGuard, NonFiniteWeights
 from genhancer.training.log import ConditionUsage, log_row, start_log, write_diagnostics
 from genhancer.training.precision import mixed_precision
+from genhancer.training.preempt import StopSignals
 from genhancer.training.stage import stage_of
 from genhancer.training.state import checkpoint_run, load_checkpoint, refuse_newer_checkpoints
 from genhancer.training.step import TrainStep, build_optimizer, step_seed
@@ -113,23 +118,34 @@ def _prepare_run_dir(run_dir: Path, cfg: Config, start: int) -> None:
 
 def train(cfg: Config, resume: str | bool | None = None, progress: bool | None = None,
           accelerator=None) -> TrainResult:
-    """Run ``cfg.train.steps`` optimizer steps; returns where the run was written and its losses."""
+    """Run ``cfg.train.steps`` optimizer steps; returns where the run was written and its losses.
+
+    Holds the lock of ``train.output_dir`` (``genhancer.runlock``) from before it reads the
+    run's checkpoints to the end; a signal stops it at a checkpoint (``preempt``)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     t = cfg.train
-    stage = stage_of(t.stage)
     run_dir = Path(t.output_dir)
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=t.grad_accum,
                                   project_dir=str(run_dir))
-    rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(t.seed)
     enhancer = build_for_training(cfg)
-    stream = BatchStream(cfg, enhancer, rank, world)
+    stream = BatchStream(cfg, enhancer, accelerator.process_index, accelerator.num_processes)
 
     _check_batch_fits(stream, cfg, accelerator.is_main_process)
+    # Taken after the config, model and data were checked (a mistake there leaves no
+    # directory behind), before anything of the run is read or written.
+    with hold(run_dir, accelerator=accelerator):
+        return _train(cfg, resume, progress, accelerator, enhancer, stream)
 
+
+def _train(cfg: Config, resume, progress, accelerator, enhancer, stream: BatchStream) -> TrainResult:
+    t = cfg.train
+    stage = stage_of(t.stage)
+    run_dir = Path(t.output_dir)
+    rank, world = accelerator.process_index, accelerator.num_processes
     ckpt = _resume_point(cfg, resume, run_dir)
     if ckpt is None and stage.fresh_latent_space:
         fit_latent_stats(enhancer, stream)
@@ -167,45 +183,55 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     diag = ConditionUsage(cfg, enhancer, run_dir, start, accelerator.is_main_process)
     samples, t0 = 0, time.perf_counter()
     model.train()
-    step = start
+    step, last = start, ckpt
 
-    def save(at: int) -> None:
+    def save(at: int) -> Path:
         checkpoint_run(accelerator, run_dir, at, model, opt, sched, stream, history, cfg)
+        return run_dir / "checkpoints" / f"step-{at:08d}"
 
-    while step < t.steps:
-        torch.manual_seed(step_seed(t.seed, step, rank))
-        gen = torch.Generator(device=dev).manual_seed(step_seed(t.seed, step, rank) + 1)
-        out = one_step(stream.next, gen)
-        samples += out.samples
-        step += 1
-        losses.append(out.loss)
-        bad_flags.append(guard.bad)
-        bar.update(1)
-        logging, saving = step % t.log_every == 0 or step == t.steps, step % t.checkpoint_every == 0
-        if logging or saving:
-            history["bad_steps"] = guard.check(step)  # the host reads the counters here
-            if guard.tripped:
-                what = f"a checkpoint was written ('{run_dir / 'checkpoints' / f'step-{step:08d}'}')"
-                try:
-                    save(step)
-                except NonFiniteWeights as e:
-                    what = e.what
-                raise GenHancerError(f"aborted at step {step}: {guard.longest_run} non-finite losses in a row "
-                                     f"(lower train.lr or check the data); {what}")
-        if logging:
-            rate = samples / max(time.perf_counter() - t0, 1e-9)
-            gn = float(out.grad_norm) if out.grad_norm is not None else float("nan")
-            # The mean over ranks, not rank 0's shard (every rank reaches this line together).
-            shown = float(accelerator.reduce(out.loss.clone(), reduction="mean") if world > 1 else out.loss)
-            lr = sched.get_last_lr()[0]
-            bar.set_postfix(loss=f"{shown:.4f}", sps=f"{rate:.1f}")
-            accelerator.log({"loss": shown, "lr": lr, "grad_norm": gn}, step=step)
-            if accelerator.is_main_process:
-                log_row(log_path, step, shown, lr, gn, rate)
-        diag.maybe(step)
-        if saving or step == t.steps:
-            save(step)
+    with StopSignals(accelerator) as stop:
+        while step < t.steps:
+            torch.manual_seed(step_seed(t.seed, step, rank))
+            gen = torch.Generator(device=dev).manual_seed(step_seed(t.seed, step, rank) + 1)
+            out = one_step(stream.next, gen)
+            samples += out.samples
+            step += 1
+            losses.append(out.loss)
+            bad_flags.append(guard.bad)
+            bar.update(1)
+            stopping = stop.poll()  # every rank, every step: under several ranks a collective
+            logging = step % t.log_every == 0 or step == t.steps
+            saving = step % t.checkpoint_every == 0 or step == t.steps or stopping
+            if logging or saving:
+                history["bad_steps"] = guard.check(step)  # the host reads the counters here
+                if guard.tripped:
+                    what = f"a checkpoint was written ('{run_dir / 'checkpoints' / f'step-{step:08d}'}')"
+                    try:
+                        save(step)
+                    except NonFiniteWeights as e:
+                        what = e.what
+                    raise GenHancerError(f"aborted at step {step}: {guard.longest_run} non-finite losses in a "
+                                         f"row (lower train.lr or check the data); {what}")
+            if logging:
+                rate = samples / max(time.perf_counter() - t0, 1e-9)
+                gn = float(out.grad_norm) if out.grad_norm is not None else float("nan")
+                # The mean over ranks, not rank 0's shard (every rank reaches this line together).
+                shown = float(accelerator.reduce(out.loss.clone(), reduction="mean") if world > 1 else out.loss)
+                lr = sched.get_last_lr()[0]
+                bar.set_postfix(loss=f"{shown:.4f}", sps=f"{rate:.1f}")
+                accelerator.log({"loss": shown, "lr": lr, "grad_norm": gn}, step=step)
+                if accelerator.is_main_process:
+                    log_row(log_path, step, shown, lr, gn, rate)
+            diag.maybe(step)
+            if saving:
+                last = save(step)
+            if stopping:
+                break
     bar.close()
+    # Raised outside the ``with``: the previous handlers are back. A signal during the last
+    # step or its checkpoint stops the process too (the run is complete then).
+    if stop.agreed is not None or stop.received is not None:
+        raise stop.preempted(step, last)
     rate = samples / max(time.perf_counter() - t0, 1e-9)
     skipped = stream.skipped()
     if accelerator.is_main_process:
