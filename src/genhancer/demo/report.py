@@ -103,6 +103,60 @@ def _answer(res: dict, ablation: dict | None) -> str:
     return '<p class="answer">' + " ".join(parts) + "</p>"
 
 
+def _large_sentence(attrs: dict | None) -> str:
+    large = (attrs or {}).get("large_benchmark")
+    d = (large or {}).get("enhanced_minus_control")
+    if not d:
+        return ""
+    n = large["enhanced"]["n_pairs"]
+    verdict = ("the interval excludes zero" if d["ci_low"] > 0 or d["ci_high"] < 0 else
+               "the interval includes zero: no difference this benchmark can see")
+    return (f" On the large benchmark ({n} pairs) the enhanced encoder scores {large['enhanced']['average']:.1f} % "
+            f"against the control's {large['control']['average']:.1f} %: {d['delta']:+.1f} points, paired 95 % CI "
+            f"[{d['ci_low']:+.1f}, {d['ci_high']:+.1f}] ({verdict}).")
+
+
+def attribute_section(out: Path, attrs: dict) -> str:
+    """The per-attribute table and chart (``eval/attributes.json``): why each cue was or was not taught."""
+    def f(v, d=1):
+        return "" if v is None else f"{v:.{d}f}"
+
+    rows = []
+    for r in attrs["rows"]:
+        mm = r.get("mmvp_large") or {}
+        beyond = (mm["enhanced"] - mm["control"]) if "enhanced" in mm and "control" in mm else None
+        rows.append([r["attribute"], f(r["chance"]), f(r["cue_share"], 2), f(r["trace_before"]), f(r["patches"]),
+                     _delta(r["gain"]), _delta(r["gain_control"]) if "gain_control" in r else "",
+                     _delta(r["gain_beyond_control"]) if "gain_beyond_control" in r else "",
+                     f(r.get("drawn_oracle")), f(r.get("drawn_stage1")), f(r.get("drawn_stage2")),
+                     f(r["judge_real"]), "" if beyond is None else _delta(beyond)])
+    header = ["attribute", "chance", "cue share", "global probe before", "patch probe", "gain", "gain (control)",
+              "gain beyond control", "drawn: oracle", "drawn: stage 1", "drawn: stage 2", "judge on real",
+              "MMVP-large: enhanced - control"]
+    text = ("<h2>Per attribute: can it be taught, and was it?</h2><p><b>cue share</b>: median share of the "
+            "reconstruction target a pair differing in it carries (<code>genhancer world --stats</code>). "
+            "<b>global probe before</b>: the baseline's trace of it (chance beside); <b>patch probe</b>: what the "
+            "vision tower sees. <b>gain</b>: change of the global-token probe after stage 2, the control's, and "
+            "their difference. <b>drawn</b>: accuracy of a judge (linear classifiers on the baseline's patch "
+            "tokens, fitted on real images; <b>judge on real</b> is its accuracy on real held-out images) on "
+            "images the denoiser generates from the <b>oracle</b> condition (every patch token: the drawability "
+            "ceiling), or from the global token after stage 1 / stage 2. An attribute drawn near chance even "
+            "from the oracle cannot be taught by this feedback.</p>")
+    from genhancer.eval.plots import plot_grouped_bars
+
+    names = [r["attribute"] for r in attrs["rows"]]
+    series = {"global probe before": [r["trace_before"] for r in attrs["rows"]],
+              "after stage 2": [r["trace_before"] + r["gain"] for r in attrs["rows"]]}
+    if all("gain_control" in r for r in attrs["rows"]):
+        series["after the control"] = [r["trace_before"] + r["gain_control"] for r in attrs["rows"]]
+    series["patch probe"] = [r["patches"] for r in attrs["rows"]]
+    if all("drawn_oracle" in r for r in attrs["rows"]):
+        series["drawn from the oracle"] = [r["drawn_oracle"] for r in attrs["rows"]]
+    plot_grouped_bars(names, series, out / "attributes.png", ylabel="accuracy (%)",
+                      title="per attribute: trace, gain, what the tower sees, what the denoiser can draw")
+    return text + _table(header, rows) + _img(out, "attributes.png", "per-attribute accuracies (%)")
+
+
 def write_report(out: Path) -> Path:
     """Write ``out/report.html`` from whatever parts of the demo exist; returns its path."""
     out = Path(out)
@@ -117,10 +171,14 @@ def _write_report(out: Path) -> Path:
     res = _read(out / "eval" / "results.json")
     timing = _read(out / "timing.json") or {}
     ablation = _read(out / "ablation.json")
+    attrs = _read(out / "eval" / "attributes.json")
     p = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>genhancer demo</title>",
          f"<style>{_CSS}</style></head><body>", "<h1>genhancer: the embedded demo</h1>"]
     if res:
-        p.append("<h2>Did the enhancement help?</h2>" + _answer(res, ablation))
+        p.append("<h2>Did the enhancement help?</h2>" + _answer(res, ablation).replace(
+            "</p>", _large_sentence(attrs) + "</p>", 1))
+        if attrs:
+            p.append(attribute_section(out, attrs))
         cols = [("baseline", "baseline (pretrained tiny CLIP)"), ("control", "control (shuffled condition)"),
                 ("enhanced", "enhanced (GenHancer, two stages)")]
         cols = [(k, lab) for k, lab in cols if k in res]

@@ -54,12 +54,16 @@ class DemoSettings:
     denoiser: str = "small"
     seed: int = 0                       # training seed
     control: bool = True                # also train the shuffled-condition control stage 2
+    oracle: bool = True                 # also train stage 1 on the oracle condition (the drawability ceiling)
+    large_pairs_per_category: int = 50  # the large benchmark (data/mmvp-large): paired CIs vs the control
+    drawability_images: int = 120       # held-out probe images whose reconstructions the judge scores
     diag_every: int = 50
 
 
 # `genhancer demo --quick`: about 2 minutes; checks the setup, says nothing about the method.
 QUICK_DEMO = DemoSettings(corpus_images=1500, probe_images=300, coarse_per_class=8, pretrain_corpus_images=1500,
-                          pretrain_steps=60, stage1_steps=40, stage2_steps=20, denoiser="tiny", diag_every=20)
+                          pretrain_steps=60, stage1_steps=40, stage2_steps=20, denoiser="tiny", diag_every=20,
+                          large_pairs_per_category=16, drawability_images=40)
 
 
 def demo_config(out: Path, s: DemoSettings, stage: str, extra: Sequence[str] = (), run_dir: Path | None = None,
@@ -148,6 +152,13 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
                           hard_negative_share=s.hard_negative_share)
         world.write_world(data, seed=s.world_seed, benchmark=True, probe=s.probe_images, coarse=s.coarse_per_class,
                           size=s.image_size, overwrite=True)
+        if s.large_pairs_per_category:
+            from genhancer.demo.attributes import LARGE_BENCHMARK
+
+            # Its own seed stream: no pair of the MMVP-sized benchmark reappears in it.
+            world.write_mmvp_benchmark(data / LARGE_BENCHMARK, s.large_pairs_per_category,
+                                       seed=s.world_seed + world.PART_SEED_OFFSETS["benchmark-large"],
+                                       size=s.image_size)
         (data / "world.json").write_text(json.dumps({"world_version": world.WORLD_VERSION, "corpus_seed": 0,
                                                      "eval_world_seed": s.world_seed}, indent=1))
 
@@ -206,6 +217,9 @@ def _run_demo(out: Path, s: DemoSettings, fresh: bool, lock_path: Path) -> dict:
     from genhancer.export import export
 
     _train_step("stage 1", demo_config(out, s, "1"), timing)
+    if s.oracle:
+        _train_step("oracle stage 1 (condition: every patch token)",
+                    demo_config(out, s, "1", ["cond.source=patches"], run_dir=out / "oracle"), timing)
     _train_step("stage 2", demo_config(out, s, "2"), timing)
     _step("export merged encoder", out / "enhanced", lambda: export(out / "stage2", out / "enhanced"), timing)
     if s.control:
@@ -227,6 +241,14 @@ def _run_demo(out: Path, s: DemoSettings, fresh: bool, lock_path: Path) -> dict:
         (out / "eval" / "results.json").write_text(json.dumps(res, indent=1, default=str))
 
     _step("evaluate baseline / control / enhanced", out / "eval" / "results.json", evaluate, timing)
+
+    def per_attribute():
+        from genhancer.demo.attributes import analyse
+
+        analyse(out, s.drawability_images)
+
+    _step("per-attribute analysis (large benchmark, drawability)", out / "eval" / "attributes.json",
+          per_attribute, timing)
 
     def grids():
         from genhancer.sample import sample_grid

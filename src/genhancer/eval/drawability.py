@@ -24,29 +24,7 @@ import numpy as np
 import torch
 
 from genhancer.errors import DataError
-
-
-def _fit_classifier(x: torch.Tensor, y: torch.Tensor, weight_decay: float = 1e-3, steps: int = 200):
-    """Multinomial logistic regression (L-BFGS) on standardised features -> predict(x) -> classes."""
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    lin = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
-    xs = (x - mean) / std
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(xs), y) + weight_decay * lin.weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-
-    @torch.no_grad()
-    def predict(z: torch.Tensor) -> torch.Tensor:
-        return lin((z - mean) / std).argmax(1)
-
-    return predict
+from genhancer.eval.probe import fit_linear_classifier
 
 
 @torch.no_grad()
@@ -103,7 +81,8 @@ class Judge:
         self.size = encoder.spec.size
         feats = _patch_features(encoder, _images_u8(paths, self.size))
         self.labels = {a: torch.tensor([r["label_ids"][a] for r in self.rows]) for a in self.attributes}
-        self.predict = {a: _fit_classifier(feats[: self.n_train], y[: self.n_train]) for a, y in self.labels.items()}
+        self.predict = {a: fit_linear_classifier(feats[: self.n_train], y[: self.n_train], n_classes=int(y.max()) + 1)
+                        for a, y in self.labels.items()}
         held = feats[self.n_train:]
         self.real = {a: 100.0 * (self.predict[a](held) == y[self.n_train:]).float().mean().item()
                      for a, y in self.labels.items()}

@@ -17,25 +17,37 @@ from genhancer.data.jsonl import iter_jsonl
 from genhancer.errors import DataError
 
 
-def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     weight_decay: float = 1e-3, steps: int = 200) -> float:
-    """Multinomial logistic regression (L-BFGS) on standardised features; test accuracy."""
-    mean, std = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
-    xtr, xte = (x_train - mean) / std, (x_test - mean) / std
-    n_cls = int(max(y_train.max(), y_test.max()) + 1)
-    lin = torch.nn.Linear(xtr.shape[1], n_cls)
+def fit_linear_classifier(x: torch.Tensor, y: torch.Tensor, weight_decay: float = 1e-3, steps: int = 200,
+                          n_classes: int | None = None):
+    """Multinomial logistic regression (L-BFGS) on standardised features; returns
+    ``predict(x) -> class ids`` (standardised with the training statistics)."""
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    xs = (x - mean) / std
+    lin = torch.nn.Linear(xs.shape[1], n_classes or int(y.max()) + 1)
     opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(lin(xtr), y_train) + weight_decay * lin.weight.square().sum()
+        loss = torch.nn.functional.cross_entropy(lin(xs), y) + weight_decay * lin.weight.square().sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         opt.step(closure)
-    with torch.no_grad():
-        return (lin(xte).argmax(1) == y_test).float().mean().item()
+
+    @torch.no_grad()
+    def predict(z: torch.Tensor) -> torch.Tensor:
+        return lin((z - mean) / std).argmax(1)
+
+    return predict
+
+
+def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                     weight_decay: float = 1e-3, steps: int = 200) -> float:
+    """Multinomial logistic regression (L-BFGS) on standardised features; test accuracy."""
+    n_cls = int(max(y_train.max(), y_test.max()) + 1)
+    predict = fit_linear_classifier(x_train, y_train, weight_decay, steps, n_classes=n_cls)
+    return (predict(x_test) == y_test).float().mean().item()
 
 
 FEATURES = ("global", "patches")

@@ -286,7 +286,7 @@ def world_fingerprint(n: int = 24) -> str:
 
 # Seed offsets of the parts, so one world seed names the whole set and no two parts share a
 # stream: `genhancer world --seed S` writes what the demo with seed S uses.
-PART_SEED_OFFSETS = {"corpus": 0, "benchmark": 1000, "probe": 2000, "coarse": 3000}
+PART_SEED_OFFSETS = {"corpus": 0, "benchmark": 1000, "probe": 2000, "coarse": 3000, "benchmark-large": 4000}
 PART_DIRS = {"corpus": "corpus", "benchmark": "mmvp", "probe": "probe", "coarse": "coarse"}
 
 
