@@ -98,3 +98,35 @@ def test_report_blind_pair_rows(tmp_path):
     row = page.split("cannot tell apart")[1].split("</tr>")[0]
     assert "60.0" in row and '<span class="pos">-20.0</span>' in row and '<span class="pos">-2.0</span>' in row
     assert "<td>0.961</td><td>0.902</td><td>-0.059</td><td>[-0.070, -0.050]</td>" in page
+
+
+def _fake_attributes(out: Path) -> None:
+    rows = []
+    for k, (cat, attr) in enumerate(MMVP_CATEGORIES):
+        rows.append({"attribute": attr, "category": cat, "chance": 100 / len(FINE_ATTRIBUTES[attr]),
+                     "cue_share": 0.1 + 0.01 * k, "trace_before": 40.0, "patches": 90.0, "gain": 2.0 + k,
+                     "gain_control": 1.0, "gain_beyond_control": 1.0 + k, "judge_real": 95.0,
+                     "drawn_oracle": 80.0, "drawn_stage1": 30.0, "drawn_stage2": 35.0,
+                     "mmvp_large": {"baseline": 10.0, "enhanced": 14.0, "control": 11.0}})
+    large = {"enhanced": {"average": 14.0, "n_pairs": 450}, "control": {"average": 11.0, "n_pairs": 450},
+             "enhanced_minus_control": {"delta": 3.0, "ci_low": 0.5, "ci_high": 5.5}}
+    (out / "eval" / "attributes.json").write_text(json.dumps({"rows": rows, "large_benchmark": large}))
+
+
+def test_report_per_attribute_table_chart_and_large_benchmark_answer(tmp_path):
+    _fake_run(tmp_path, usage=0.12)
+    _fake_attributes(tmp_path)
+    page = write_report(tmp_path)
+    p = _parse(page)
+    assert "attributes.png" in p.imgs and (tmp_path / "attributes.png").is_file()
+    text = " ".join(p.text)
+    # The answer (first) names the large benchmark's paired interval against the control.
+    assert text.index("+3.0 points, paired 95 % CI [+0.5, +5.5] (the interval excludes zero)") \
+        < text.index("Per attribute")
+    html = page.read_text()
+    table = html.split("Per attribute")[1].split("</table>")[0]
+    assert table.count("<tr>") == 1 + len(MMVP_CATEGORIES)
+    # One row per attribute: cue share, trace, gain beyond the control, oracle drawability.
+    first = table.split("<tr>")[2]
+    assert "<th>direction</th>" in first and "<td>0.10</td>" in first and "<td>80.0</td>" in first
+    assert '<span class="pos">+3.0</span>' in first  # MMVP-large enhanced - control
