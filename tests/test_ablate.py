@@ -110,3 +110,47 @@ def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
     report = (tmp_path / "demo" / "report.html").read_text()  # a demo report gains the ablation table
     assert "Ablations" in report and "<th>end-to-end</th>" in report and "<th>shuffled-condition</th>" in report
 
+
+
+def test_versus_control_is_per_seed_and_pooled_paired():
+    from genhancer.ablate import format_versus_control, versus_control
+
+    runs = []
+    for seed, (dp, cp) in enumerate([(45.0, 44.0), (46.0, 44.0), (44.0, 44.0)]):
+        cats = ["a"] * 4 + ["b"] * 4
+        runs.append({"variant": "default", "seed": seed, "probe": dp, "mmvp": 10.0, "zeroshot": 90.0,
+                     "mmvp_large": 50.0, "mmvp_large_correct": [1, 1, 0, 1, 0, 1, 1, 0],
+                     "mmvp_large_pair_categories": cats})
+        runs.append({"variant": "shuffled-condition", "seed": seed, "probe": cp, "mmvp": 10.0, "zeroshot": 91.0,
+                     "mmvp_large": 40.0, "mmvp_large_correct": [1, 0, 0, 1, 0, 1, 0, 0],
+                     "mmvp_large_pair_categories": cats})
+    vc = versus_control(runs)
+    assert vc["seeds"] == [0, 1, 2]
+    assert vc["probe"]["per_seed"] == [1.0, 2.0, 0.0] and vc["probe"]["mean"] == pytest.approx(1.0)
+    assert vc["zeroshot"]["mean"] == pytest.approx(-1.0)
+    pooled = vc["mmvp_large_pooled"]
+    assert pooled["n_items"] == 24 and pooled["delta"] == pytest.approx(25.0)
+    assert pooled["ci_low"] <= 25.0 <= pooled["ci_high"]
+    assert "paired 95 % CI" in format_versus_control(vc)
+    assert versus_control([r for r in runs if r["variant"] == "default"]) is None
+
+
+def test_the_demo_runs_are_adopted_only_for_the_same_recipe(tmp_path):
+    from dataclasses import asdict, replace
+
+    from genhancer.ablate import adopt_demo_runs
+
+    demo, out = tmp_path / "demo", tmp_path / "ablate"
+    (demo / "eval").mkdir(parents=True)
+    s = AblateSettings(variants=("default", "shuffled-condition"), seeds=(0, 1))
+    (demo / "settings.json").write_text(json.dumps(asdict(s.demo)))
+    (demo / "eval" / "results.json").write_text(json.dumps(
+        {"enhanced": {"probe": 50.0, "mmvp": 10.0, "zeroshot": 90.0}, "control": {"probe": 49.0, "mmvp": 9.0,
+                                                                                 "zeroshot": 91.0}}))
+    # Another recipe (shorter stage 2): nothing is adopted.
+    assert adopt_demo_runs(demo, out, replace(s, stage2_steps=s.stage2_steps - 1)) == []
+    assert adopt_demo_runs(demo, out, s) == ["default", "shuffled-condition"]
+    m = json.loads((out / "default" / "seed0" / "metrics.json").read_text())
+    assert m["probe"] == 50.0 and m["variant"] == "default" and m["seed"] == 0
+    assert json.loads((out / "shuffled-condition" / "seed0" / "metrics.json").read_text())["probe"] == 49.0
+    assert adopt_demo_runs(demo, out, s) == []  # already there: never overwritten

@@ -23,7 +23,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from genhancer.demo.evaluate import METRIC_LABELS, METRICS, evaluate_encoder
@@ -163,6 +163,74 @@ def baseline(demo_dir: Path, out: Path) -> dict:
     return metrics
 
 
+def adopt_demo_runs(demo_dir: Path, out: Path, s: AblateSettings) -> list[str]:
+    """The demo's own stage 2 and control are the ``default`` and ``shuffled-condition`` runs of
+    its training seed when the ablation asks for the same recipe: take their metrics instead of
+    training them again (8 minutes on 2 cores). Returns the variants adopted."""
+    settings, results = demo_dir / "settings.json", demo_dir / "eval" / "results.json"
+    if not (settings.is_file() and results.is_file()):
+        return []
+    ran = json.loads(settings.read_text())
+    want = asdict(replace(s.demo, stage1_steps=s.stage1_steps, stage2_steps=s.stage2_steps))
+    keys = ("stage1_steps", "stage1_lr", "stage2_steps", "stage2_lr", "batch_size", "denoiser", "corpus_images",
+            "cache_augmentations", "image_size", "world_seed", "seed")
+    if any(ran.get(k) != want[k] for k in keys) or ran["seed"] not in s.seeds:
+        return []
+    res = json.loads(results.read_text())
+    adopted = []
+    for name, key in (("default", "enhanced"), ("shuffled-condition", "control")):
+        path = out / name / f"seed{ran['seed']}" / "metrics.json"
+        if name in s.variants and key in res and not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"variant": name, "seed": ran["seed"], **res[key],
+                                        "adopted_from": str(demo_dir)}, indent=2))
+            adopted.append(name)
+    return adopted
+
+
+def versus_control(runs: list[dict]) -> dict | None:
+    """The default recipe minus the shuffled-condition control, seed by seed (same stage 1):
+    mean and std over seeds of each metric's difference, and a paired bootstrap 95 % CI of the
+    large benchmark's difference pooled over seeds (pairs resampled within category and seed)."""
+    from genhancer.eval.stats import paired_bootstrap_ci
+
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    seeds = sorted(sd for v, sd in by if v == "default" and ("shuffled-condition", sd) in by)
+    if not seeds:
+        return None
+    out: dict = {"seeds": seeds}
+    for m in [*METRICS, "mmvp_large"]:
+        diffs = [by["default", sd][m] - by["shuffled-condition", sd][m] for sd in seeds
+                 if m in by["default", sd] and m in by["shuffled-condition", sd]]
+        if diffs:
+            mean, std = _mean_std(diffs)
+            out[m] = {"mean": mean, "std": std, "per_seed": diffs}
+    if all("mmvp_large_correct" in by[v, sd] for sd in seeds for v in ("default", "shuffled-condition")):
+        before, after, strata = [], [], []
+        for sd in seeds:
+            before += by["shuffled-condition", sd]["mmvp_large_correct"]
+            after += by["default", sd]["mmvp_large_correct"]
+            strata += [(sd, c) for c in by["default", sd]["mmvp_large_pair_categories"]]
+        ci = paired_bootstrap_ci(before, after, strata=strata)
+        out["mmvp_large_pooled"] = {"delta": 100 * ci.estimate, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high,
+                                    "n_items": len(after)}
+    return out
+
+
+def format_versus_control(vc: dict) -> str:
+    lines = [f"default minus shuffled-condition control, seeds {' '.join(map(str, vc['seeds']))} "
+             "(mean ± std of the per-seed difference):"]
+    for m in [*METRICS, "mmvp_large"]:
+        if m in vc:
+            label = METRIC_LABELS.get(m, "MMVP-format, large benchmark")
+            lines.append(f"- {label}: {vc[m]['mean']:+.1f} ± {vc[m]['std']:.1f}")
+    if "mmvp_large_pooled" in vc:
+        p = vc["mmvp_large_pooled"]
+        lines.append(f"- large benchmark, pooled over seeds ({p['n_items']} pair scores): {p['delta']:+.1f}, "
+                     f"paired 95 % CI [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]")
+    return "\n".join(lines)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -252,6 +320,9 @@ def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Var
 
     prepare_inputs(demo_dir, s.demo, {})
     base = baseline(demo_dir, out)
+    adopted = adopt_demo_runs(demo_dir, out, s)
+    if adopted:
+        print(f"[ablate] {', '.join(adopted)}: the demo's own runs of this seed (same recipe)", flush=True)
     # Seed-major: an interrupted ablation leaves whole seeds of every variant, not some variants.
     jobs = [(v, seed) for seed in s.seeds for v in variants]
     runs = []
@@ -267,9 +338,13 @@ def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Var
         m = json.loads(vq_metrics.read_text())
         md += (f"\ndiscrete: own VQ tokenizer ({s.vq_steps} steps on 4,096 corpus images), PSNR {m['psnr']:.1f} dB, "
                f"codebook usage {100 * m['usage']:.0f} %.")
+    vc = versus_control(runs)
+    if vc:
+        md += "\n\n" + format_versus_control(vc)
     note = md.split("\n\n", 1)[1] if "\n\n" in md else ""
     (out / "ablate.md").write_text(md + "\n")
-    (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note}, indent=2))
+    (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note,
+                                                 "versus_control": vc}, indent=2))
     plot(rows, out / "ablate.png")
     # The demo report shows the latest ablation on its inputs.
     shutil.copyfile(out / "ablate.json", demo_dir / "ablation.json")

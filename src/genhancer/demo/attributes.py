@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from genhancer.demo.evaluate import LARGE_BENCHMARK
 from genhancer.demo.world import FINE_ATTRIBUTES, MMVP_CATEGORIES
 
-LARGE_BENCHMARK = "mmvp-large"
 # Encoders of the demo run, by the name results.json uses.
 ENCODER_DIRS = {"baseline": "clip", "enhanced": "enhanced", "control": "control-enhanced"}
 # Denoiser runs whose samples the judge scores: the oracle's stage 1 (the ceiling), stage 1,
@@ -32,23 +32,29 @@ ENCODER_DIRS = {"baseline": "clip", "enhanced": "enhanced", "control": "control-
 SAMPLE_RUNS = {"oracle": "oracle/stage1", "stage1": "stage1", "stage2": "stage2", "control": "control"}
 
 
-def _large_benchmark(out: Path, present: dict[str, Path]) -> dict:
-    """MMVP-format scores on the large benchmark, per model, and paired CIs vs the control."""
-    from genhancer.eval.mmvp import run_mmvp
+def paired_vs(results: dict, a: str, b: str) -> dict | None:
+    """``a`` minus ``b`` on the large benchmark (points), with a paired bootstrap 95 % CI over
+    its pairs, stratified by category; None when either lacks per-pair scores."""
     from genhancer.eval.stats import paired_bootstrap_ci
 
-    bench = out / "data" / LARGE_BENCHMARK
-    runs = {k: run_mmvp(str(d), bench, plot=False) for k, d in present.items()}
-    res: dict = {k: {"average": r["average_score"], "categories": r["categories"], "n_pairs": r["n_pairs"]}
-                 for k, r in runs.items()}
-    correct = {k: {it["pair"]: float(it["correct"]) for it in r["items"]} for k, r in runs.items()}
-    category = {it["pair"]: it["category"] for it in runs["baseline"]["items"]}
-    pairs = sorted(category)
+    if "mmvp_large_correct" not in results.get(a, {}) or "mmvp_large_correct" not in results.get(b, {}):
+        return None
+    ci = paired_bootstrap_ci(results[b]["mmvp_large_correct"], results[a]["mmvp_large_correct"],
+                             strata=results[a]["mmvp_large_pair_categories"])
+    return {"delta": 100 * ci.estimate, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high}
+
+
+def _large_benchmark(results: dict) -> dict | None:
+    """The large benchmark's scores per model and the paired CIs between them."""
+    present = [k for k in ENCODER_DIRS if "mmvp_large" in results.get(k, {})]
+    if "baseline" not in present:
+        return None
+    res: dict = {k: {"average": results[k]["mmvp_large"], "categories": results[k]["mmvp_large_categories"],
+                     "n_pairs": len(results[k]["mmvp_large_correct"])} for k in present}
     for a, b in (("enhanced", "control"), ("enhanced", "baseline"), ("control", "baseline")):
-        if a in correct and b in correct:
-            ci = paired_bootstrap_ci([correct[b][p] for p in pairs], [correct[a][p] for p in pairs],
-                                     strata=[category[p] for p in pairs])
-            res[f"{a}_minus_{b}"] = {"delta": 100 * ci.estimate, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high}
+        d = paired_vs(results, a, b)
+        if d is not None:
+            res[f"{a}_minus_{b}"] = d
     return res
 
 
@@ -70,8 +76,7 @@ def analyse(out: str | Path, drawability_images: int = 120) -> dict:
 
     out = Path(out)
     results = json.loads((out / "eval" / "results.json").read_text())
-    present = {k: out / d for k, d in ENCODER_DIRS.items() if (out / d).is_dir()}
-    large = _large_benchmark(out, present) if (out / "data" / LARGE_BENCHMARK).is_dir() else None
+    large = _large_benchmark(results)
     shares = cue_shares(out / "data" / (LARGE_BENCHMARK if large else "mmvp"))
     drawn = _drawability(out, drawability_images)
     rows = []
@@ -91,7 +96,7 @@ def analyse(out: str | Path, drawability_images: int = 120) -> dict:
             if name in drawn:
                 row[f"drawn_{name}"] = drawn[name][attr]
         if large:
-            row["mmvp_large"] = {k: large[k]["categories"][category] for k in present}
+            row["mmvp_large"] = {k: large[k]["categories"][category] for k in ENCODER_DIRS if k in large}
         rows.append(row)
     summary = {"rows": rows, "large_benchmark": large, "drawability": drawn}
     (out / "eval" / "attributes.json").write_text(json.dumps(summary, indent=1, default=str))

@@ -153,7 +153,7 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
         world.write_world(data, seed=s.world_seed, benchmark=True, probe=s.probe_images, coarse=s.coarse_per_class,
                           size=s.image_size, overwrite=True)
         if s.large_pairs_per_category:
-            from genhancer.demo.attributes import LARGE_BENCHMARK
+            from genhancer.demo.evaluate import LARGE_BENCHMARK
 
             # Its own seed stream: no pair of the MMVP-sized benchmark reappears in it.
             world.write_mmvp_benchmark(data / LARGE_BENCHMARK, s.large_pairs_per_category,
