@@ -184,6 +184,7 @@ def test_run_bench_quick(tmp_path, capsys):
     pr = res["pretrain"]
     assert pr["flops_per_s"] == pytest.approx(pr["flops_per_step"] / pr["step_s"])
     assert pr["pct_of_ceiling"] == pytest.approx(100 * pr["flops_per_s"] / res["matmul"]["fp32"]["flops"])
+    assert pr["bf16_speedup"] == pytest.approx(pr["step_s"] / pr["bf16_step_s"])
     o = res["optimizer"]
     assert o["preset"] == "tiny" and o["speedup"] == pytest.approx(o["foreach_s"] / o["fused_s"])
     for key, size in (("eval", 64), ("eval_reference", 224)):

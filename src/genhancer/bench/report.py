@@ -58,6 +58,9 @@ def format_table(res: dict[str, Any]) -> str:
                 f"captions {pr['text_tokens']} tokens; {pr['steps']} real steps)")
         lines.append(f"  {pr['step_s'] * 1e3:.1f} ms / step, {_fmt_flops(pr['flops_per_s'])} "
                      f"(analytic matmul FLOPs), {pr['pct_of_ceiling']:.1f}% of the fp32 matmul ceiling")
+        if "bf16_step_s" in pr:
+            lines.append(f"  bf16 autocast (--mixed-precision bf16): {pr['bf16_step_s'] * 1e3:.1f} ms / step, "
+                         f"{pr['bf16_speedup']:.2f}x the fp32 step (same run)")
 
     e = res["enhancer"]
     section(f"enhancer optimizer step (tiny CLIP @ {e['encoder_image_size']} px, batch {e['batch']})")
