@@ -152,7 +152,7 @@ def attribute_section(out: Path, attrs: dict) -> str:
     series["patch probe"] = [r["patches"] for r in attrs["rows"]]
     if all("drawn_oracle" in r for r in attrs["rows"]):
         series["drawn from the oracle"] = [r["drawn_oracle"] for r in attrs["rows"]]
-    plot_grouped_bars(names, series, out / "attributes.png", ylabel="accuracy (%)",
+    plot_grouped_bars(names, series, out / "attributes.png", ylabel="accuracy (%)", annotate=False,
                       title="per attribute: trace, gain, what the tower sees, what the denoiser can draw")
     return text + _table(header, rows) + _img(out, "attributes.png", "per-attribute accuracies (%)")
 
