@@ -27,7 +27,7 @@ from genhancer.errors import Preempted
 
 # The shipped tiny CLIP was pretrained with these (genhancer.demo.clip_asset, asset.json).
 PRETRAIN_CORPUS_IMAGES = 30000
-PRETRAIN_STEPS = 6000
+PRETRAIN_STEPS = 5000
 PRETRAIN_HARD_NEGATIVE_SHARE = 0.25
 
 

@@ -20,28 +20,31 @@ from genhancer.demo.world.vocab import KINDS
 
 _MAX_CUE_SCALE = 1.0  # a larger hole would leave the thinner silhouettes
 _OBJECT_RADIUS = 0.18  # of the image side, before viewpoint / jitter: leaves the corners free
-_VIEW_SCALE = {"close-up": 1.0, "far": 0.7}
-_OUTLINE_WIDTH = {"thin": 0.03, "thick": 0.35}  # of the (copy's) object radius, drawn outside
+_VIEW_SCALE = {"close-up": 1.0, "far": 0.75}
+_OUTLINE_WIDTH = {"thin": 0.03, "thick": 0.25}  # of the (copy's) object radius, drawn outside
 _OUTLINE_RGB = (28, 28, 28)
-_HOLE_RADIUS = 0.58
+_HOLE_RADIUS = 0.42
 # The sign beside the group: a plate of this size (of the image side, close-up) and its
 # distance from the group's reach.
-_SIGN_W = 0.28
-_SIGN_H = 0.28
+_SIGN_W = 0.22
+_SIGN_H = 0.22
 _SIGN_GAP = 0.0
 # The text: a seven-segment digit painted on the wall behind everything, this much darker
 # than the wall, filling the image but this margin (of the side).
 _WALL_TEXT_SHADE = 0.9
 _WALL_TEXT_MARGIN = 0.08
-_BREAK_GAP = 0.3  # each half of a broken object moves this far (object radii) from the cut
+_BREAK_GAP = 0.18  # each half of a broken object moves this far (object radii) from the cut
 # Where the copies sit (group frame, object radii) and how large each is.
+# The copies overlap in a row, drawn back to front (each outline separates it from the one
+# behind), so that every copy stays large enough to show its kind: v3's first layout put
+# 2-3 copies side by side at half size, and a CLIP pretrained on it never learnt the kinds.
 _COPIES = {
     1: (1.0, ((0.0, 0.0),)),
-    2: (0.56, ((-0.55, 0.0), (0.55, 0.0))),
-    3: (0.5, ((-0.55, 0.42), (0.55, 0.42), (0.0, -0.5))),
+    2: (0.8, ((-0.28, 0.0), (0.28, 0.0))),
+    3: (0.7, ((-0.55, 0.0), (0.0, 0.0), (0.55, 0.0))),
 }
 # Every copy layout, its outline included, stays inside this disc (object radii).
-_GROUP_REACH = 1.35
+_GROUP_REACH = 1.5
 # Clockwise angle (y down) of each facing; rotating by the difference turns a kind's front.
 _FACING_ANGLE = {"right": 0, "down": 90, "left": 180, "up": 270}
 

@@ -129,7 +129,8 @@ def _copy_layer(s, side: int, r: float) -> tuple[Image.Image, float]:
     if s.hole:
         hr = _HOLE_RADIUS * r
         (hx, hy) = px(*kind.core)
-        rim = max(1.0, 0.16 * r)
+        # A thin rim: a thick dark ring turned every holed object into the same "ring" shape.
+        rim = max(1.0, 0.06 * r)
         d.ellipse((hx - hr - rim, hy - hr - rim, hx + hr + rim, hy + hr + rim), fill=outline)
         d.ellipse((hx - hr, hy - hr, hx + hr, hy + hr), fill=(0, 0, 0, 0))
     # State: broken in two, the halves pulled apart across the facing axis (so the break

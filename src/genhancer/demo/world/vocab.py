@@ -77,7 +77,7 @@ FINE_ATTRIBUTES: dict[str, tuple] = {
     "sign_side": ("left", "right", "above", "below"),  # the sign beside the object(s)
     "sign_color": tuple(SIGN_COLORS),  # the sign's plate
     "outline": ("thin", "thick"),
-    "text": ("0", "1", "2", "4"),  # the large glyph on the sign
+    "text": ("0", "1", "2", "4"),  # a large digit painted on the wall behind the scene
     "view": ("close-up", "far"),
 }
 
@@ -122,7 +122,7 @@ _PHRASES: dict[str, dict[object, tuple[str, ...]]] = {
     },
     "sign_color": {c: (f"beside a {c} sign", f"next to a {c} sign") for c in SIGN_COLORS},
     "outline": {w: (f"with a {w} outline", f"with a {w} border") for w in FINE_ATTRIBUTES["outline"]},
-    "text": {t: (f"with the number {t} on its sign", f"next to a sign that says {t}")
+    "text": {t: (f"in front of a big {t}", f"with a big {t} on the wall behind it")
              for t in FINE_ATTRIBUTES["text"]},
     "view": {
         "close-up": ("seen up close", "in a close-up view"),
