@@ -105,15 +105,22 @@ def test_lora_param_count_matches_peft(tiny_clip_dir):
     from genhancer.bench import VisionLanguageSpec
     from genhancer.config import LoraConfig
     from genhancer.encoders import load_encoder
-    from genhancer.lora import apply_lora
+    from genhancer.bench.catalogue import lora_bias_params
+    from genhancer.lora import apply_lora, apply_vision_lora
 
     enc = load_encoder(str(tiny_clip_dir))
     vc = enc.model.config.vision_config
-    apply_lora(enc.vision_tower, LoraConfig(r=4))
+    apply_lora(enc.vision_tower, LoraConfig(r=4, bias="none"))
     n = sum(p.numel() for n_, p in enc.vision_tower.named_parameters() if "lora_" in n_)
     spec = VisionLanguageSpec("clip", vc.hidden_size, vc.num_hidden_layers, vc.intermediate_size,
                               vc.num_attention_heads, vc.patch_size, 32, 64, 2, 256, 4, 1000, 77)
-    assert lora_params(spec, 4) == n
+    assert lora_params(spec, 4, visual_projection=False) == n
+    # The default adapter (upstream's): the visual projection too, and the wrapped biases train.
+    enc = load_encoder(str(tiny_clip_dir))
+    apply_vision_lora(enc, LoraConfig(r=4))
+    named = list(enc.model.named_parameters())
+    assert lora_params(spec, 4) == sum(p.numel() for n_, p in named if "lora_" in n_)
+    assert lora_bias_params(spec) == sum(p.numel() for n_, p in named if n_.endswith("base_layer.bias"))
 
 
 def test_memory_estimate_terms():
@@ -125,7 +132,11 @@ def test_memory_estimate_terms():
     assert abs(est["param_counts"]["vision"] - 304e6) < 1e6
     assert abs(est["param_counts"]["text"] - 123.7e6) < 1e6
     trainable = est["param_counts"]["trainable"]
-    assert trainable == n_den + est["param_counts"]["projector"] + est["param_counts"]["lora"]
+    from genhancer.bench.catalogue import lora_bias_params
+
+    # + the wrapped linears' biases (lora.bias=lora_only, upstream's default)
+    assert trainable == (n_den + est["param_counts"]["projector"] + est["param_counts"]["lora"]
+                         + lora_bias_params("ViT-L/14"))
     assert math.isclose(est["optimizer_gb"], trainable * 8 / 1e9)
     assert math.isclose(est["master_weights_gb"], trainable * 4 / 1e9)
     parts = (est["params_total_gb"] + est["master_weights_gb"] + est["gradients_gb"] + est["optimizer_gb"]

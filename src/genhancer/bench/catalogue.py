@@ -93,14 +93,24 @@ def text_params(vision: str | VisionLanguageSpec) -> int:
     return n + w * w + w + 2
 
 
-def lora_params(vision: str | VisionLanguageSpec, r: int = 16) -> int:
+def lora_params(vision: str | VisionLanguageSpec, r: int = 16, visual_projection: bool = True) -> int:
     """LoRA A (r x in) + B (out x r) on q, k, v, out_proj, fc1, fc2 of every vision layer
-    (and the SigLIP head's out_proj, fc1, fc2)."""
+    (and the SigLIP head's out_proj, fc1, fc2), and on CLIP's visual projection when
+    ``visual_projection`` (the default adapter, as upstream's)."""
     s = encoder_spec(vision)
     w, m = s.width, s.mlp
     per_layer = 4 * r * 2 * w + 2 * r * (w + m)
     head = r * 2 * w + 2 * r * (w + m) if s.family == "siglip" else 0
-    return s.layers * per_layer + head
+    proj = r * (w + s.global_dim) if visual_projection and s.family == "clip" else 0
+    return s.layers * per_layer + head + proj
+
+
+def lora_bias_params(vision: str | VisionLanguageSpec) -> int:
+    """Biases of the linears LoRA wraps (they train with ``lora.bias=lora_only``): q, k, v,
+    out_proj, fc1, fc2 per layer, and the SigLIP head's; CLIP's visual projection has none."""
+    s = encoder_spec(vision)
+    w, m = s.width, s.mlp
+    return s.layers * (5 * w + m) + (2 * w + m if s.family == "siglip" else 0)
 
 
 # FLUX.1's AutoencoderKL config (diffusers): 83,819,683 parameters, 16 latent channels.

@@ -23,6 +23,7 @@ from genhancer.bench.catalogue import (
     TAEF2_TOKEN_CHANNELS,
     VisionLanguageSpec,
     encoder_spec,
+    lora_bias_params,
     lora_params,
     spec_of,
     text_params,
@@ -40,7 +41,8 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
                     grad_ckpt: bool = True, stage: int | str = 2, *, weights: str | None = None,
                     lora_r: int = 16, lora_dropout: float = 0.1, train_projector: bool = True,
                     train_denoiser: bool = True, projector_hidden: int = 768,
-                    latent_space: str | None = None) -> dict[str, Any]:
+                    latent_space: str | None = None, lora_visual_projection: bool = True,
+                    lora_bias: str = "lora_only") -> dict[str, Any]:
     """Analytic GPU memory (GB = 1e9 bytes) of one training process, by term.
 
     Assumptions:
@@ -102,11 +104,13 @@ def memory_estimate(vision: str | VisionLanguageSpec = "ViT-L/14", image_size: i
         "latent_space": LATENT_SPACES[space][0],
         "projector": 2 * dg + dg * projector_hidden + projector_hidden + projector_hidden * h + h,
         "denoiser": count_params(denoiser, in_ch, h),
-        "lora": lora_params(spec, lora_r) if st.lora else 0,
+        "lora": lora_params(spec, lora_r, lora_visual_projection) if st.lora else 0,
     }
+    # With lora.bias=lora_only the wrapped linears' biases train too (weights counted in "vision").
+    bias_trainable = lora_bias_params(spec) if st.lora and lora_bias == "lora_only" else 0
     train_proj = train_projector if st.projector is None else st.projector
     train_den = train_denoiser if st.denoiser is None else st.denoiser
-    trainable = (counts["lora"] + (counts["projector"] if train_proj else 0)
+    trainable = (counts["lora"] + bias_trainable + (counts["projector"] if train_proj else 0)
                  + (counts["denoiser"] if train_den else 0))
     gb = 1e9
     params_gb = {k: v * wb / gb for k, v in counts.items()}
@@ -167,12 +171,12 @@ def param_counts(enhancer) -> dict[str, int]:
         return sum(p.numel() for name, p in mod.named_parameters()
                    if lora is None or (("lora_" in name) == lora))
 
-    vision = n(enc.vision_tower, lora=False)
+    vision, lora = n(enc.vision_tower, lora=False), n(enc.vision_tower, lora=True)
     if enc.family == "clip":
-        vision += n(enc.model.visual_projection)
+        vision += n(enc.model.visual_projection, lora=False)
+        lora += n(enc.model.visual_projection, lora=True)
     return {"vision": vision, "text": n(enc.model, lora=False) - vision, "latent_space": n(enhancer.space),
-            "projector": n(enhancer.projector), "denoiser": n(enhancer.denoiser),
-            "lora": n(enc.vision_tower, lora=True),
+            "projector": n(enhancer.projector), "denoiser": n(enhancer.denoiser), "lora": lora,
             "trainable": sum(p.numel() for p in enhancer.parameters() if p.requires_grad)}
 
 
@@ -188,6 +192,7 @@ def estimate_for(cfg, enhancer) -> dict[str, Any]:
         batch=cfg.data.batch_size, dtype={"bf16": "bf16", "fp16": "fp16"}.get(mp, "fp32"), weights="fp32",
         grad_ckpt=bool(cfg.encoder.gradient_checkpointing and cfg.denoiser.gradient_checkpointing),
         stage=cfg.train.stage, lora_r=cfg.lora.r, lora_dropout=cfg.lora.dropout,
+        lora_visual_projection=cfg.lora.visual_projection, lora_bias=cfg.lora.bias,
         train_projector=cfg.train.train_projector, train_denoiser=cfg.train.train_denoiser,
         projector_hidden=cfg.projector.hidden_dim, latent_space="flux-vae" if cfg.tokenizer.kind == "vae" else "taef2")
 
