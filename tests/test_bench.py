@@ -103,9 +103,9 @@ def test_encoder_param_counts_match_transformers(name):
 
 def test_lora_param_count_matches_peft(tiny_clip_dir):
     from genhancer.bench import VisionLanguageSpec
+    from genhancer.bench.catalogue import lora_bias_params
     from genhancer.config import LoraConfig
     from genhancer.encoders import load_encoder
-    from genhancer.bench.catalogue import lora_bias_params
     from genhancer.lora import apply_lora, apply_vision_lora
 
     enc = load_encoder(str(tiny_clip_dir))

@@ -206,26 +206,34 @@ def test_stage2_trains_vision_lora_only(stage1, tiny_clip_dir, images, tmp_path)
         assert torch.equal(init[k], v), f"{k} was not initialised from train.init_from"
 
     ck = weights(list_checkpoints(run2)[-1] / "model.safetensors")
-    vision = _param_names(enh, enh.encoder.vision_tower)
+    vision = _param_names(enh, enh.encoder.vision_tower) | {
+        f"encoder.model.visual_projection.{n}" for n, _ in enh.encoder.model.visual_projection.named_parameters()}
     text = _param_names(enh, enh.encoder.text_tower)
     lora = [k for k in ck if "lora_" in k]
+    biases = [k for k in ck if k.endswith("base_layer.bias")]
     assert lora, "stage-2 checkpoint holds no LoRA weights"
-    assert all(k in vision for k in lora), [k for k in lora if k not in vision][:3]
+    # The default adapter is upstream's: the vision tower's linears and the visual projection
+    # (which makes the global token), with the wrapped linears' biases training too.
+    assert all(k in vision for k in lora + biases), [k for k in lora + biases if k not in vision][:3]
+    assert any("visual_projection.lora_A" in k for k in lora) and biases
     assert not any(k in text or "text_model" in k for k in ck)
-    assert all(k in lora or k.startswith(("projector.", "denoiser.")) for k in ck), \
+    assert all(k in lora or k in biases or k.startswith(("projector.", "denoiser.")) for k in ck), \
         [k for k in ck if k not in lora and not k.startswith(("projector.", "denoiser."))][:3]
     assert any(not torch.equal(ck[k], init[k]) for k in lora), "LoRA weights did not train"
+    assert any(not torch.equal(ck[k], init[k]) for k in biases), "the wrapped biases did not train"
 
-    # Text tower, projections and logit_scale untouched; vision base weights untouched.
+    # Text tower, text projection and logit_scale untouched; vision base weights untouched
+    # (the adapters sit beside them until export merges them; only wrapped biases train).
     fresh = CLIPModel.from_pretrained(str(tiny_clip_dir)).state_dict()
     live = enh.encoder.model.state_dict()
     for k, v in fresh.items():
-        if k.startswith(("text_model.", "text_projection", "visual_projection", "logit_scale")):
+        if k.startswith(("text_model.", "text_projection", "logit_scale")):
             assert torch.equal(live[k], v), k
     base = {k.replace(".base_layer.", "."): v for k, v in live.items()
-            if k.startswith("vision_model.") and "lora_" not in k}
-    assert set(base) == {k for k in fresh if k.startswith("vision_model.")}
-    assert all(torch.equal(base[k], fresh[k]) for k in base)
+            if k.startswith(("vision_model.", "visual_projection.")) and "lora_" not in k}
+    assert set(base) == {k for k in fresh if k.startswith(("vision_model.", "visual_projection."))}
+    wrapped_bias = {k.replace(".base_layer.", ".") for k in live if k.endswith("base_layer.bias")}
+    assert all(torch.equal(base[k], fresh[k]) for k in base if k not in wrapped_bias)
 
 
 def test_stage2_without_init_from_is_one_line_exit_2(tiny_clip_dir, images, tmp_path):
