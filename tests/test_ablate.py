@@ -92,6 +92,9 @@ def test_miniature_ablation_runs_resumes_and_reports(tmp_path, monkeypatch):
     assert (out / "default" / "seed1" / "metrics.json").is_file()
     assert not list(out.glob("*/seed*/stage*/checkpoints"))  # weights dropped, logs kept
     assert (out / "default" / "seed0" / "stage1" / "log.csv").is_file()
+    # Stage 2 was validated on the demo's validation probe set, whose pick was evaluated.
+    picked = json.loads((out / "default" / "seed0" / "stage2" / "val_best.json").read_text())
+    assert picked["val_data"].endswith("val-probe/labels.jsonl") and picked["step"] >= 1
     assert (out / "ablate.png").stat().st_size > 1000
     assert (tmp_path / "demo" / "ablation.json").read_text() == (out / "ablate.json").read_text()  # for the report
     saved = json.loads((out / "ablate.json").read_text())

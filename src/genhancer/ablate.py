@@ -113,6 +113,7 @@ def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings)
     """Train and evaluate one (variant, seed); returns (and writes) its metrics."""
     from genhancer.export import load_enhanced_encoder
     from genhancer.training import train
+    from genhancer.validation import best_checkpoint
 
     run_dir = out / v.name / f"seed{seed}"
     done = run_dir / "metrics.json"
@@ -138,7 +139,8 @@ def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings)
         train(demo_config(demo_dir, ds, "2", extra + list(v.stage2_overrides) + extra2, run_dir=run_dir,
                           cached=v.cached))
     seconds = time.perf_counter() - t0
-    metrics = {"variant": v.name, "seed": seed, **_evaluate(load_enhanced_encoder(run_dir / "stage2"), demo_dir),
+    picked = best_checkpoint(run_dir / "stage2")[0] if ds.val_every else run_dir / "stage2"  # validation's pick
+    metrics = {"variant": v.name, "seed": seed, **_evaluate(load_enhanced_encoder(picked), demo_dir),
                "train_seconds": round(seconds, 1)}
     # Keep the metrics and logs, drop the weights: 27 runs of checkpoints add up. A stage 1
     # another variant reuses (the control's) stays until the ablation ends.

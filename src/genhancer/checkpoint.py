@@ -99,12 +99,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 STALE_PREFIXES = (".tmp-step-", ".old-step-", ".pruned-step-")
+VAL_BEST_FILE = "val_best.json"  # the step validation picked (genhancer.validation)
+
+
+def val_best_step(run_dir: Path) -> int | None:
+    """The step ``<run>/val_best.json`` names, or None (no validation, or an unreadable file)."""
+    try:
+        step = json.loads((Path(run_dir) / VAL_BEST_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def prune(run_dir: Path, keep_last: int) -> None:
-    """Delete all but the ``keep_last`` latest checkpoints; each is renamed out of the
-    ``step-*`` namespace first, so a kill mid-delete never leaves a partial ``step-*``."""
+    """Delete all but the ``keep_last`` latest checkpoints and the one validation picked
+    (``export --best`` reads it); each is renamed out of the ``step-*`` namespace first, so a
+    kill mid-delete never leaves a partial ``step-*``."""
+    best = val_best_step(run_dir)
     for old in list_checkpoints(run_dir)[:-keep_last]:
+        if best is not None and old.name == f"step-{best:08d}":
+            continue
         doomed = old.with_name(f".pruned-{old.name}-{os.getpid()}")
         try:
             os.replace(old, doomed)

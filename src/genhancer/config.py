@@ -168,6 +168,10 @@ class TrainConfig:
                                 "shuffled condition); empty = off")
     diag_images: int = _f(64, lo=2)
     diag_every: int = _f(100, lo=1, doc="diagnostic every N steps (and at the first and last step)")
+    val_every: int = _f(0, lo=0, doc="score the encoder on train.val_data every N steps and at the last step; "
+                                     "0 = off (genhancer.validation)")
+    val_data: str = _f("", doc="validation set (never the test benchmark): a probe labels.jsonl (or its folder) "
+                               "or an MMVP-format folder (Questions.csv)")
     max_bad_steps: int = _f(5, lo=1, doc="abort after this many non-finite losses in a row (skipped steps change nothing; the run is noticed at the next log / checkpoint step)")
 
 

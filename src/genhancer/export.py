@@ -10,6 +10,10 @@ Every export writes ``README.md``, a Hugging Face model card (``genhancer.model_
 the base, the recipe read from the checkpoint, and the before / after table of
 ``card_metrics`` (a ``compare_summary.json``) when given.
 
+``best`` exports the checkpoint that validation picked (``val_best.json`` of the run, see
+``genhancer.validation``) and adds ``selection.json`` (the step, the metric and the
+validation set) to the export, by which ``genhancer eval`` refuses to test it on that set.
+
 Every input is checked before the encoder is loaded or anything is written; the output
 appears all at once (``atomic_dir``) or not at all.
 """
@@ -63,7 +67,8 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 
 def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_only: bool = False,
-                 overwrite: bool = False, card: str | None = None) -> Path:
+                 overwrite: bool = False, card: str | None = None, files: dict[str, str] | None = None) -> Path:
+    """``files``: more text files to write beside the weights (name -> content)."""
     out = check_out_dir(out_dir, overwrite)
 
     def write(tmp: Path) -> None:
@@ -74,6 +79,8 @@ def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_onl
             encoder.save_pretrained(tmp)
         if card is not None:
             (tmp / "README.md").write_text(card, encoding="utf-8")
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
 
     return atomic_dir(out, write, overwrite=True, what="export",
                       hint="the partial export was removed and any earlier one is untouched; free some space, then export again")
@@ -93,28 +100,38 @@ def _vision_model(encoder: VisionLanguageEncoder):
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, vision_only: bool = False, overwrite: bool = False,
-           into_llava: str | None = None, card_metrics: str | Path | None = None) -> Path:
+           into_llava: str | None = None, card_metrics: str | Path | None = None, best: bool = False) -> Path:
     """Write the merged encoder (or, with ``into_llava``, a LLaVA copy carrying it) and its
-    model card to ``out_dir``."""
+    model card to ``out_dir``; ``best``: the checkpoint validation picked in that run."""
     check_out_dir(out_dir, overwrite)  # before the model is loaded: fail fast
     if into_llava and vision_only:
         raise ConfigError("--into-llava writes a whole LLaVA checkpoint; it does not go with --vision-only")
     metrics = read_card_metrics(card_metrics) if card_metrics is not None else None
-    ckpt = resolve_checkpoint(checkpoint)
+    files = {}
+    if best:
+        import json
+
+        from genhancer.validation import SELECTION_FILE, best_checkpoint
+
+        ckpt, info = best_checkpoint(checkpoint)
+        files[SELECTION_FILE] = json.dumps({"selected_by": "validation", **info}, indent=1) + "\n"
+    else:
+        ckpt = resolve_checkpoint(checkpoint)
     stages = read_recipe(ckpt)
     base = stages[-1]["cfg"].encoder.name_or_path
     if into_llava:
-        return _export_into_llava(ckpt, out_dir, into_llava, base, stages, metrics, overwrite)
+        return _export_into_llava(ckpt, out_dir, into_llava, base, stages, metrics, overwrite, files)
     encoder = load_enhanced_encoder(ckpt)
     from genhancer.encoders.sources import parse_model_ref
 
     ref = parse_model_ref(base, what="encoder.name_or_path")
     card = render_card(kind="vision" if vision_only else "full", family=encoder.family, encoder_base=base,
                        stages=stages, metrics=metrics, license=base_license(ref.name_or_path, ref.subfolder))
-    return save_encoder(encoder, out_dir, vision_only, overwrite, card=card)
+    return save_encoder(encoder, out_dir, vision_only, overwrite, card=card, files=files)
 
 
-def _export_into_llava(ckpt: Path, out_dir, llava: str, base: str, stages: list, metrics, overwrite: bool) -> Path:
+def _export_into_llava(ckpt: Path, out_dir, llava: str, base: str, stages: list, metrics, overwrite: bool,
+                       files: dict[str, str]) -> Path:
     from genhancer.encoders.sources import parse_model_ref, read_config, vision_state
     from genhancer.llava import check_tensors, check_vision_config, inspect_llava, write_llava
 
@@ -130,5 +147,7 @@ def _export_into_llava(ckpt: Path, out_dir, llava: str, base: str, stages: list,
     def write(tmp: Path) -> None:
         write_llava(src, tower, tmp)
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        for name, text in files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
 
     return atomic_dir(check_out_dir(out_dir, overwrite), write, overwrite=True)

@@ -74,6 +74,7 @@ def _compare_side(args, side: str):
 def cmd_eval(args) -> int:
     from genhancer import eval as ev
     from genhancer.errors import DataError
+    from genhancer.validation import refuse_selected_on
 
     k, out = args.eval_kind, args.out
     at_least("--batch-size", args.batch_size)
@@ -82,6 +83,9 @@ def cmd_eval(args) -> int:
         if not (args.mmvp or args.zeroshot or args.retrieval or args.knn):
             raise DataError("eval compare: give at least one of --mmvp, --zeroshot, --retrieval, --knn")
         at_least("--knn-k", args.knn_k)
+        sets = {"--mmvp": args.mmvp, "--zeroshot": args.zeroshot, "--retrieval": args.retrieval, "--knn": args.knn}
+        for side in ("before", "after"):  # an export picked on one of these sets cannot be tested on it
+            refuse_selected_on(_compare_side(args, side), sets)
         ev.run_compare(_compare_side(args, "before"), _compare_side(args, "after"), out, mmvp_data=args.mmvp,
                        zeroshot_data=args.zeroshot, retrieval_file=args.retrieval, knn_labels=args.knn,
                        knn_k=args.knn_k, batch_size=args.batch_size, device=args.device,
@@ -91,6 +95,7 @@ def cmd_eval(args) -> int:
     from genhancer.encoders.sources import parse_model_ref
 
     model = parse_model_ref(args.model, args.subfolder, args.text_from)
+    refuse_selected_on(model, {"--data": args.data})
     if k == "mmvp":
         res = ev.run_mmvp(model, args.data, out, args.batch_size, args.allow_partial, args.device)
         for cat, score in res["categories"].items():

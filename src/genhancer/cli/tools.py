@@ -68,7 +68,8 @@ cmd_info.configure = _add_info
 # ----------------------------------------------------------------------------- export
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a stage-2 / e2e checkpoint directory or its run directory")
+    p.add_argument("checkpoint", help="a stage-2 / e2e checkpoint directory or its run directory (its latest "
+                   "checkpoint)")
     p.add_argument("out_dir", help="where to write the merged transformers checkpoint")
     p.add_argument("--vision-only", action="store_true", help="write only the vision model (CLIPVisionModel / "
                    "SiglipVisionModel) and its image processor")
@@ -79,6 +80,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card-metrics", metavar="COMPARE_JSON",
                    help="compare_summary.json of `genhancer eval compare`: its before / after table goes into the "
                         "model card (README.md); without it the card has no results table")
+    p.add_argument("--best", action="store_true", help="export the checkpoint validation picked in that run "
+                   "(val_best.json; train.val_every / train.val_data) instead of the latest")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR")
 
 
@@ -87,10 +90,18 @@ def cmd_export(args) -> int:
     from genhancer.export import export
 
     out = export(args.checkpoint, args.out_dir, vision_only=args.vision_only, overwrite=args.overwrite,
-                 into_llava=args.into_llava, card_metrics=args.card_metrics)
+                 into_llava=args.into_llava, card_metrics=args.card_metrics, best=args.best)
     what = "LLaVA with the enhanced vision tower" if args.into_llava else (
         "vision model" if args.vision_only else "merged model")
     print(f"wrote {what} and its model card (README.md) to {out}")
+    if args.best:
+        import json
+
+        from genhancer.validation import SELECTION_FILE
+
+        sel = json.loads((out / SELECTION_FILE).read_text())
+        print(f"from step {sel['step']}, picked by validation ({sel['metric']} {sel['value']:.2f} on "
+              f"{sel['val_data']}; {SELECTION_FILE})")
     return 0
 
 

@@ -22,6 +22,15 @@ def cmd_train(args) -> int:
     skipped = sum(res.skipped_images.values()) if res.skipped_images else 0
     print(f"stage {cfg.train.stage}: {res.steps} steps, final loss {res.final_loss:.4f}, "
           f"{res.samples_per_s:.1f} samples/s, {skipped} images skipped -> {res.run_dir}")
+    from genhancer.checkpoint import VAL_BEST_FILE
+
+    best = res.run_dir / VAL_BEST_FILE
+    if cfg.train.val_every and best.is_file():
+        import json
+
+        b = json.loads(best.read_text())
+        print(f"validation: best {b['metric']} {b['value']:.2f} at step {b['step']} ({best}; export it with "
+              "`genhancer export RUN OUT --best`)")
     return 0
 
 

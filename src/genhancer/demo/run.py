@@ -58,6 +58,11 @@ class DemoSettings:
     large_pairs_per_category: int = 50  # the large benchmark (data/mmvp-large): paired CIs vs the control
     drawability_images: int = 120       # held-out probe images whose reconstructions the judge scores
     diag_every: int = 50
+    # Stage 2's checkpoint is picked on a validation probe set of its own world seed
+    # (data/val-probe), never on the evaluation sets (world_seed); 0 = export the last step.
+    val_every: int = 50
+    val_world_seed: int = 200
+    val_probe_images: int = 300
 
 
 # `genhancer demo --quick`: about 2 minutes; checks the setup, says nothing about the method.
@@ -85,21 +90,34 @@ def demo_config(out: Path, s: DemoSettings, stage: str, extra: Sequence[str] = (
               f"train.diag_every={s.diag_every}"]
     data = ["data.kind=cache", f"data.path={out / 'cache'}"] if cached else ["data.kind=jsonl", f"data.path={corpus}"]
     stage2_dir = run_dir / (name or "stage2")
+    val = _val_overrides(out, s)
     if stage == "1":
         over = common + data + ["train.stage=1", f"train.steps={s.stage1_steps}", f"train.lr={s.stage1_lr}",
                                 f"train.checkpoint_every={s.stage1_steps}", f"train.output_dir={run_dir / 'stage1'}"]
     elif stage == "2":
         over = common + data + ["train.stage=2", f"train.steps={s.stage2_steps}", f"train.lr={s.stage2_lr}",
                                 f"train.checkpoint_every={s.stage2_steps}", f"train.init_from={run_dir / 'stage1'}",
-                                f"train.output_dir={stage2_dir}"]
+                                f"train.output_dir={stage2_dir}", *val]
     elif stage == "e2e":
         # Same total number of updates as the two stages together; one learning rate.
         steps = s.stage1_steps + s.stage2_steps
         over = common + data + ["train.stage=e2e", f"train.steps={steps}", f"train.lr={s.stage2_lr}",
-                                f"train.checkpoint_every={steps}", f"train.output_dir={stage2_dir}"]
+                                f"train.checkpoint_every={steps}", f"train.output_dir={stage2_dir}", *val]
     else:
         raise ValueError(f"stage must be '1', '2' or 'e2e', got {stage!r}")
     return load_config("tiny", over + list(extra))
+
+
+def _val_overrides(out: Path, s: DemoSettings) -> list[str]:
+    """Validation of stage 2 / e2e on data/val-probe; refused when it would be an evaluation set."""
+    if not s.val_every:
+        return []
+    if s.val_world_seed == s.world_seed:
+        from genhancer.errors import ConfigError
+
+        raise ConfigError(f"demo: val_world_seed {s.val_world_seed} is the evaluation world seed, so the validation "
+                          "probe set would be the test probe set; choose another val_world_seed")
+    return [f"train.val_every={s.val_every}", f"train.val_data={out / 'data' / 'val-probe' / 'labels.jsonl'}"]
 
 
 def _step(name: str, done: Path, fn, log: dict) -> None:
@@ -163,6 +181,10 @@ def prepare_inputs(out: Path, s: DemoSettings, timing: dict) -> None:
                                                      "eval_world_seed": s.world_seed}, indent=1))
 
     _step("generate data", data / "world.json", generate, timing)
+    if s.val_every:  # its own step: a demo directory from before validation gains it on a re-run
+        _step("generate the validation probe set", data / "val-probe" / "labels.jsonl",
+              lambda: world.write_probe_set(data / "val-probe", s.val_probe_images, size=s.image_size,
+                                            seed=s.val_world_seed + world.PART_SEED_OFFSETS["probe"]), timing)
 
     def clip():
         if s.pretrain:
@@ -221,12 +243,13 @@ def _run_demo(out: Path, s: DemoSettings, fresh: bool, lock_path: Path) -> dict:
         _train_step("oracle stage 1 (condition: every patch token)",
                     demo_config(out, s, "1", ["cond.source=patches"], run_dir=out / "oracle"), timing)
     _train_step("stage 2", demo_config(out, s, "2"), timing)
-    _step("export merged encoder", out / "enhanced", lambda: export(out / "stage2", out / "enhanced"), timing)
+    _step("export merged encoder", out / "enhanced",
+          lambda: export(out / "stage2", out / "enhanced", best=bool(s.val_every)), timing)
     if s.control:
         _train_step("control: stage 2 with shuffled conditions",
                     demo_config(out, s, "2", ["cond.shuffle=true"], name="control"), timing)
         _step("export control encoder", out / "control-enhanced",
-              lambda: export(out / "control", out / "control-enhanced"), timing)
+              lambda: export(out / "control", out / "control-enhanced", best=bool(s.val_every)), timing)
 
     def evaluate():
         from genhancer.eval.compare import run_compare

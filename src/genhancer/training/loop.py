@@ -9,6 +9,9 @@ Hot loop: no host-device sync. Losses, the objective's diagnostic sums and the n
 counters stay on the device and are read at log / checkpoint steps; a step whose gradient
 norm is not finite is skipped by the fused AdamW kernel itself (``found_inf``).
 
+Validation (``genhancer.validation``): with ``train.val_every`` the encoder is scored on
+``train.val_data`` at those steps; a step that beats the best so far gets a checkpoint.
+
 Preemption: SIGTERM / SIGINT / SIGUSR1 end the run after the current step with a checkpoint
 (``preempt``); the output directory is locked for the run's life (``genhancer.runlock``).
 
@@ -45,6 +48,7 @@ from genhancer.training.preempt import StopSignals
 from genhancer.training.stage import stage_of
 from genhancer.training.state import checkpoint_run, load_checkpoint, refuse_newer_checkpoints
 from genhancer.training.step import TrainStep, build_optimizer, step_seed
+from genhancer.validation import Validation, validation_set
 
 
 @dataclass
@@ -127,6 +131,7 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
 
     t = cfg.train
     run_dir = Path(t.output_dir)
+    val_set = validation_set(cfg)  # a wrong validation set fails before any model is loaded
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=mixed_precision(cfg), gradient_accumulation_steps=t.grad_accum,
                                   project_dir=str(run_dir))
@@ -138,10 +143,10 @@ def train(cfg: Config, resume: str | bool | None = None, progress: bool | None =
     # Taken after the config, model and data were checked (a mistake there leaves no
     # directory behind), before anything of the run is read or written.
     with hold(run_dir, accelerator=accelerator):
-        return _train(cfg, resume, progress, accelerator, enhancer, stream)
+        return _train(cfg, resume, progress, accelerator, enhancer, stream, val_set)
 
 
-def _train(cfg: Config, resume, progress, accelerator, enhancer, stream: BatchStream) -> TrainResult:
+def _train(cfg: Config, resume, progress, accelerator, enhancer, stream: BatchStream, val_set=None) -> TrainResult:
     t = cfg.train
     stage = stage_of(t.stage)
     run_dir = Path(t.output_dir)
@@ -181,6 +186,7 @@ def _train(cfg: Config, resume, progress, accelerator, enhancer, stream: BatchSt
     bar = tqdm(total=t.steps, initial=start, desc=f"stage {t.stage}", unit="step", dynamic_ncols=True,
                disable=not (_progress_enabled(progress) and accelerator.is_main_process))
     diag = ConditionUsage(cfg, enhancer, run_dir, start, accelerator.is_main_process)
+    val = Validation(cfg, enhancer, run_dir, start, accelerator, val_set)
     samples, t0 = 0, time.perf_counter()
     model.train()
     step, last = start, ckpt
@@ -223,8 +229,11 @@ def _train(cfg: Config, resume, progress, accelerator, enhancer, stream: BatchSt
                 if accelerator.is_main_process:
                     log_row(log_path, step, shown, lr, gn, rate)
             diag.maybe(step)
-            if saving:
+            best = val.maybe(step)  # a new best needs a checkpoint at this step, even off the schedule
+            if saving or best:
                 last = save(step)
+            if best:
+                val.mark_best()  # named in val_best.json only once its checkpoint exists
             if stopping:
                 break
     bar.close()
