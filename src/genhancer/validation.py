@@ -193,7 +193,9 @@ class Validation:
     def _measure(self, step: int) -> float:
         was_training = self.enhancer.training
         try:
-            value = score(self.enhancer.encoder, self.vs, self.seed)
+            # Rounded as val.csv stores it: a resumed run compares against values read back
+            # from the file, and a tie must stay a tie (the earlier step keeps the title).
+            value = round(score(self.enhancer.encoder, self.vs, self.seed), 6)
         finally:
             self.enhancer.train(was_training)
         with writing(f"'{self.csv}'"), self.csv.open("a", newline="") as f:
