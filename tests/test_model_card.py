@@ -3,14 +3,12 @@ from the checkpoint, the table `eval compare` measured when given, never numbers
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import save_file
 
 from genhancer.checkpoint import atomic_dir, load_checkpoint_config
@@ -70,18 +68,10 @@ def test_card_without_metrics(run, tmp_path):
     assert _meta(vcard)["pipeline_tag"] == "image-feature-extraction" and "CLIPVisionModel.from_pretrained" in vcard
 
 
-def _mmvp(root, n_pairs=4):
-    root.mkdir(parents=True)
-    with open(root / "Questions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Question ID", "Type", "Statement"])
-        for i in range(n_pairs):
-            w.writerow([2 * i + 1, "t", "a red star"])
-            w.writerow([2 * i + 2, "t", "a blue circle"])
-            (root / "MLLM_VLM Images" / "t").mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(root / "MLLM_VLM Images" / "t" / f"{2 * i + 1}.jpg")
-            Image.new("RGB", (32, 32), (0, 60 * i, 200)).save(root / "MLLM_VLM Images" / "t" / f"{2 * i + 2}.jpg")
-    return root
+def _mmvp(root):
+    from test_sources import write_mmvp
+
+    return write_mmvp(root, n_pairs=4, second="a blue circle", step=60)
 
 
 def test_card_with_compare_metrics(run, tmp_path):

@@ -41,17 +41,18 @@ def repo(tmp_path_factory, tiny_clip_dir, tiny_siglip_dir):
     return {"root": root, "other": other}
 
 
-def _mmvp(root, n_pairs=3):
+def write_mmvp(root, n_pairs=3, second="a blue circle with a small notch", step=40):
+    """A tiny MMVP-VLM folder (one type "t"), for the tests of this file and test_model_card."""
     root.mkdir(parents=True)
     with open(root / "Questions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["Question ID", "Type", "Statement"])
         for i in range(n_pairs):
             w.writerow([2 * i + 1, "t", "a red star"])
-            w.writerow([2 * i + 2, "t", "a blue circle with a small notch"])
+            w.writerow([2 * i + 2, "t", second])
             (root / "MLLM_VLM Images" / "t").mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(root / "MLLM_VLM Images" / "t" / f"{2 * i + 1}.jpg")
-            Image.new("RGB", (32, 32), (0, 40 * i, 200)).save(root / "MLLM_VLM Images" / "t" / f"{2 * i + 2}.jpg")
+            Image.new("RGB", (32, 32), (step * i, 0, 0)).save(root / "MLLM_VLM Images" / "t" / f"{2 * i + 1}.jpg")
+            Image.new("RGB", (32, 32), (0, step * i, 200)).save(root / "MLLM_VLM Images" / "t" / f"{2 * i + 2}.jpg")
     return root
 
 
@@ -103,7 +104,7 @@ def test_vision_only_with_text_from(repo, tiny_clip_dir, tiny_siglip_dir, family
 
 
 def test_cli_vision_only(repo, tiny_clip_dir, tmp_path, capsys):
-    data = _mmvp(tmp_path / "mmvp")
+    data = write_mmvp(tmp_path / "mmvp")
     vision = f"{repo['root']}:OpenAICLIP/vision"
     out = tmp_path / "ok"
     assert main(["eval", "mmvp", "--model", vision, "--text-from", str(tiny_clip_dir), "--data", str(data),
@@ -130,7 +131,7 @@ def test_cli_vision_only(repo, tiny_clip_dir, tmp_path, capsys):
 
 def test_cli_compare_upstream_style(repo, tiny_clip_dir, tmp_path, capsys):
     """Upstream's vision-only release against a full model, one --text-from for the side that needs it."""
-    data = _mmvp(tmp_path / "mmvp")
+    data = write_mmvp(tmp_path / "mmvp")
     out = tmp_path / "cmp"
     assert main(["eval", "compare", "--before", str(repo["root"]), "--before-subfolder", "OpenAICLIP/vision",
                  "--after", f"{repo['root']}:OpenAICLIP/full", "--text-from", str(tiny_clip_dir),

@@ -80,7 +80,7 @@ def open_val_set(path: str | Path, what: str = "train.val_data") -> ValSet:
         pairs_per_category_of,
         read_questions,
     )
-    from genhancer.eval.probe import _read_label_rows
+    from genhancer.eval.probe import read_label_rows
 
     p = Path(path)
     if not p.exists():
@@ -97,7 +97,7 @@ def open_val_set(path: str | Path, what: str = "train.val_data") -> ValSet:
             return ValSet("mmvp", p)
         labels = p / LABELS if p.is_dir() else p
         if labels.is_file() and labels.suffix == ".jsonl":
-            rows = _read_label_rows(labels)
+            rows = read_label_rows(labels)
             if len(rows) < 10 or not rows[0]["label_ids"]:
                 raise DataError(f"'{labels}' has {len(rows)} rows; a probe needs >= 10 rows with 'label_ids'")
             _check_images([labels.parent / r["image"] for r in rows], what)

@@ -44,12 +44,12 @@ def _patch_features(encoder, images_u8: torch.Tensor, batch_size: int = 64) -> t
 
 
 def _load_rows(labels_file: Path) -> list[dict]:
-    from genhancer.eval.probe import _read_label_rows
+    from genhancer.eval.probe import read_label_rows
 
     if not labels_file.is_file():
         raise DataError(f"probe labels '{labels_file}' do not exist; expected a labels.jsonl "
                         "(`genhancer world --probe N` writes one)")
-    rows = _read_label_rows(labels_file)
+    rows = read_label_rows(labels_file)
     if len(rows) < 20:
         raise DataError(f"'{labels_file}': expected >= 20 labelled images, got {len(rows)}")
     return rows

@@ -82,14 +82,14 @@ def run_knn(model: Any, labels_file: str | Path, out_dir: str | Path | None = No
     ``per_attribute``, ``mean`` and ``items`` (one ``{"row", "attribute", "correct"}`` per
     held-out image and attribute, for paired statistics); writes ``knn_summary.json``."""
     from genhancer.eval.common import encode_images, model_name, resolve_encoder, write_json
-    from genhancer.eval.probe import _read_label_rows
+    from genhancer.eval.probe import read_label_rows
 
     if k < 1:
         raise DataError(f"k-NN: k must be >= 1, got {k}")
     labels_file = Path(labels_file)
     if not labels_file.is_file():
         raise DataError(f"probe labels '{labels_file}' do not exist")
-    rows = _read_label_rows(labels_file)
+    rows = read_label_rows(labels_file)
     n_train = int(len(rows) * train_fraction)
     if n_train < 1 or n_train >= len(rows):
         raise DataError(f"'{labels_file}': {len(rows)} rows leave no training or no held-out images; "

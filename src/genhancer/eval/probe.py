@@ -53,7 +53,7 @@ def fit_linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch
 FEATURES = ("global", "patches")
 
 
-def _read_label_rows(labels_file: Path) -> list[dict]:
+def read_label_rows(labels_file: Path) -> list[dict]:
     """``labels.jsonl`` rows, each ``{"image": str, "label_ids": {attribute: int}}``; a
     one-line ``DataError`` naming the line otherwise."""
     rows = []
@@ -83,7 +83,7 @@ def run_probe(model, labels_file: str | Path, out_dir: str | Path | None = None,
     labels_file = Path(labels_file)
     if not labels_file.is_file():
         raise DataError(f"probe labels '{labels_file}' do not exist")
-    rows = _read_label_rows(labels_file)
+    rows = read_label_rows(labels_file)
     if len(rows) < 10:
         raise DataError(f"'{labels_file}': expected >= 10 rows with 'image' and 'label_ids' fields")
     encoder, dev = resolve_encoder(model, device)
