@@ -77,7 +77,7 @@ def _usage_sentence(name: str, u: dict | None) -> str:
             f"{u['shuffled']:.4f} with another image's, usage {pct:.1f} %: {verdict}.</li>")
 
 
-def _answer(res: dict, ablation: dict | None) -> str:
+def _answer(res: dict, ablation: dict | None, attrs: dict | None = None) -> str:
     base, enh, ctrl = res["baseline"], res["enhanced"], res.get("control")
     d = {m: enh[m] - base[m] for m, _ in METRICS}
     parts = [f"Stage 2 moved the fine-attribute probe on the global token from {base['probe']:.1f} to "
@@ -100,7 +100,7 @@ def _answer(res: dict, ablation: dict | None) -> str:
     if spread is None:
         parts.append("This is one training seed: read it against the seed-to-seed spread of the ablation table "
                      "(run <code>genhancer ablate</code>).")
-    return '<p class="answer">' + " ".join(parts) + "</p>"
+    return '<p class="answer">' + " ".join(parts) + _large_sentence(attrs) + "</p>"
 
 
 def _large_sentence(attrs: dict | None) -> str:
@@ -175,8 +175,7 @@ def _write_report(out: Path) -> Path:
     p = ["<!doctype html><html lang='en'><head><meta charset='utf-8'><title>genhancer demo</title>",
          f"<style>{_CSS}</style></head><body>", "<h1>genhancer: the embedded demo</h1>"]
     if res:
-        p.append("<h2>Did the enhancement help?</h2>" + _answer(res, ablation).replace(
-            "</p>", _large_sentence(attrs) + "</p>", 1))
+        p.append("<h2>Did the enhancement help?</h2>" + _answer(res, ablation, attrs))
         if attrs:
             p.append(attribute_section(out, attrs))
         cols = [("baseline", "baseline (pretrained tiny CLIP)"), ("control", "control (shuffled condition)"),
