@@ -20,7 +20,6 @@ field and what was expected, which the CLI turns into exit code 2.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from genhancer.config_types import check_range, coerce
 from genhancer.errors import ConfigError
 from genhancer.training.stage import STAGES, stage_of
 
@@ -85,8 +85,10 @@ class TokenizerConfig:
 
 @dataclass
 class DenoiserConfig:
-    kind: str = _f("flow_dit", choices=("flow_dit", "perceiver"))
-    preset: str = _f("tiny", doc="size preset of the chosen denoiser kind")
+    kind: str = _f("flow_dit", choices=("flow_dit", "perceiver", "sd_unet"),
+                   doc="flow_dit: our MM-DiT (random init, or init_from a FLUX checkpoint); perceiver: discrete; "
+                       "sd_unet: a pretrained diffusers UNet2DConditionModel (DIVA / DCR)")
+    preset: str = _f("tiny", doc="size preset of the chosen denoiser kind (flow_dit / perceiver)")
     # Every size below overrides the preset when not None.
     hidden_size: int | None = _f(None, lo=8)
     num_heads: int | None = _f(None, lo=1)
@@ -97,11 +99,26 @@ class DenoiserConfig:
     patch_size: int = _f(2, lo=1)
     qk_norm: bool = _f(True)
     gradient_checkpointing: bool = _f(False)
+    init_from: str = _f("", doc="flow_dit: a diffusers FluxTransformer2DModel dir or hub id whose blocks, RoPE and "
+                                "modulation are loaded (the condition embedders stay new); empty = random init")
+    # sd_unet (a diffusers pipeline folder / id: unet/, scheduler/, text_encoder/, tokenizer/)
+    name_or_path: str = _f("", doc="sd_unet: Stable Diffusion pipeline dir or hub id (e.g. "
+                                   "stabilityai/stable-diffusion-2-1)")
+    subfolder: str = _f("unet", doc="sd_unet: the UNet's subfolder of name_or_path")
+    frozen: bool = _f(False, doc="sd_unet: keep the UNet's weights frozen in every stage (DCR); false: it trains "
+                                 "where the stage trains the denoiser")
+    cond_mode: str = _f("add_empty_prompt", choices=("add_empty_prompt", "alone"),
+                        doc="sd_unet: the projected global token repeated over text_length tokens and added to "
+                            "the empty prompt's text embedding (DCR), or used alone")
+    text_length: int = _f(77, lo=1, doc="sd_unet: condition tokens (the text encoder's length)")
 
 
 @dataclass
 class ObjectiveConfig:
-    kind: str = _f("rectified_flow", choices=("rectified_flow", "masked_tokens"))
+    kind: str = _f("rectified_flow", choices=("rectified_flow", "masked_tokens", "contrastive_rf", "ddpm"),
+                   doc="rectified_flow: MSE on the velocity (GenHancer); contrastive_rf: DCR's InfoNCE over the "
+                       "denoiser's predictions on the rectified-flow path; ddpm: diffusers' DDPM loss (sd_unet); "
+                       "masked_tokens: discrete")
     # rectified flow
     timestep_sampler: str = _f("logit_normal", choices=("logit_normal", "uniform"))
     logit_normal_scale: float = _f(1.0, lo=1e-6, doc="s in t = sigmoid(s * N(m, 1))")
@@ -111,6 +128,17 @@ class ObjectiveConfig:
     mask_schedule: str = _f("uniform_range", choices=("uniform_range", "cosine", "fixed"))
     mask_ratio_min: float = _f(0.5, lo=0.0, hi=1.0)
     mask_ratio_max: float = _f(0.9, lo=0.0, hi=1.0)
+    # contrastive (DCR); contrastive_rf is the contrastive term alone
+    contrastive_weight: float = _f(0.0, lo=0.0, doc="rectified_flow / ddpm: loss = mse + weight * contrastive "
+                                                    "(0 = off)")
+    temperature: float = _f(0.1, lo=1e-6, doc="contrastive: InfoNCE temperature tau")
+    num_negatives: int = _f(0, lo=0, doc="contrastive: other images' conditions per anchor (0 = all B-1; each "
+                                         "costs one denoiser forward per image)")
+    augment: bool = _f(True, doc="contrastive: the prediction under an augmented view's condition is a positive "
+                                 "(needs the encoder's pixels: images or a --with-pixels cache)")
+    # drift regulariser
+    preserve_weight: float = _f(0.0, lo=0.0, doc="adds weight * (1 - cos(global token, the original encoder's)) "
+                                                 "where the encoder trains")
 
 
 @dataclass
@@ -216,88 +244,6 @@ class Config:
 
 # ----------------------------------------------------------------------------- validation
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-class _NonFinite(ConfigError):
-    """A number that is nan or infinite: no config field accepts one."""
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; allow int -> float and str digits for str stage."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, where)
-            except _NonFinite:
-                raise  # the truer message than "expected float or null"
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-        (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML reads `1e-3` (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if not math.isfinite(number):
-            # No field means anything by nan or inf (.inf, .nan, "nan", "1e999" all land here).
-            raise _NonFinite(f"{where}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):  # `stage: 1` in YAML
-            return str(value)
-        if isinstance(value, bool):  # a YAML file's `no` / `off` / `yes` / `on` (overrides keep the text)
-            raise ConfigError(f"{where}: expected a string, got {value!r} (YAML reads no, off, yes and on as "
-                              "booleans; quote the word, e.g. \"no\")")
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported type {tp}")
-
-
-def _check_range(value: Any, meta: dict, where: str) -> None:
-    if value is None:
-        return
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}; got {value!r}")
-    lo, hi = meta.get("lo"), meta.get("hi")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if lo is not None and value < lo:
-            raise ConfigError(f"{where}: expected a value >= {lo}, got {value!r}")
-        if hi is not None and value > hi:
-            raise ConfigError(f"{where}: expected a value <= {hi}, got {value!r}")
-
-
 def _build(cls: type, data: dict, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -314,8 +260,8 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
                 raise ConfigError(f"{where}: expected a mapping of fields, got {value!r}")
             kwargs[name] = _build(tp, value, where + ".")
         else:
-            v = _coerce(value, tp, where)
-            _check_range(v, fields[name].metadata, where)
+            v = coerce(value, tp, where)
+            check_range(v, fields[name].metadata, where)
             kwargs[name] = v
     obj = cls(**kwargs)
     # Defaults are validated too, so a bad default in a preset file is caught.
@@ -337,9 +283,14 @@ def validate(cfg: Config) -> Config:
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas: expected two numbers, got {cfg.train.betas}")
     if (cfg.denoiser.kind == "perceiver") != (cfg.objective.kind == "masked_tokens"):
-        raise ConfigError(f"objective.kind: denoiser '{cfg.denoiser.kind}' expects "
-                          f"'{'masked_tokens' if cfg.denoiser.kind == 'perceiver' else 'rectified_flow'}', "
+        want = "masked_tokens" if cfg.denoiser.kind == "perceiver" else "rectified_flow, contrastive_rf or ddpm"
+        raise ConfigError(f"objective.kind: denoiser '{cfg.denoiser.kind}' expects {want}, "
                           f"got '{cfg.objective.kind}'")
+    if cfg.denoiser.kind == "sd_unet" and not cfg.denoiser.name_or_path:
+        raise ConfigError("denoiser.name_or_path: sd_unet needs a Stable Diffusion pipeline dir or hub id, got ''")
+    if cfg.denoiser.init_from and cfg.denoiser.kind != "flow_dit":
+        raise ConfigError(f"denoiser.init_from: loads a FLUX checkpoint into flow_dit, but denoiser.kind is "
+                          f"'{cfg.denoiser.kind}'")
     if (cfg.tokenizer.kind == "vq") != (cfg.denoiser.kind == "perceiver"):
         raise ConfigError(f"tokenizer.kind: denoiser '{cfg.denoiser.kind}' needs a "
                           f"{'vq' if cfg.denoiser.kind == 'perceiver' else 'continuous (taef2, vae, pixels)'} "

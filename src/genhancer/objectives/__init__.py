@@ -1,4 +1,5 @@
-"""Training objectives: ``rectified_flow`` (continuous) and ``masked_tokens`` (discrete).
+"""Training objectives: ``rectified_flow`` / ``contrastive_rf`` / ``ddpm`` (continuous) and
+``masked_tokens`` (discrete).
 
 Every objective has the same four methods:
 
@@ -16,12 +17,21 @@ from __future__ import annotations
 from genhancer.config import ObjectiveConfig
 
 
-def build_objective(cfg: ObjectiveConfig):
-    if cfg.kind == "rectified_flow":
+def build_objective(cfg: ObjectiveConfig, scheduler_source: tuple[str, str] | None = None):
+    """The objective ``cfg`` names. ``scheduler_source`` = (pipeline dir / id, subfolder) of the
+    diffusers scheduler config a ``ddpm`` objective reads (the sd_unet denoiser's)."""
+    from genhancer.objectives.contrastive import ContrastiveTerm
+
+    contrastive = ContrastiveTerm.from_config(cfg)
+    if cfg.kind in ("rectified_flow", "contrastive_rf"):
         from genhancer.objectives.rectified_flow import RectifiedFlow
 
         return RectifiedFlow(sampler=cfg.timestep_sampler, scale=cfg.logit_normal_scale,
-                             mean=cfg.logit_normal_mean, sample_steps=cfg.sample_steps)
+                             mean=cfg.logit_normal_mean, sample_steps=cfg.sample_steps, contrastive=contrastive)
+    if cfg.kind == "ddpm":
+        from genhancer.objectives.ddpm import DDPM
+
+        return DDPM.from_scheduler(scheduler_source, sample_steps=cfg.sample_steps, contrastive=contrastive)
     from genhancer.objectives.masked_tokens import MaskedTokens
 
     return MaskedTokens(schedule=cfg.mask_schedule, ratio_min=cfg.mask_ratio_min, ratio_max=cfg.mask_ratio_max,
