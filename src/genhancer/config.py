@@ -286,6 +286,12 @@ def validate(cfg: Config) -> Config:
         want = "masked_tokens" if cfg.denoiser.kind == "perceiver" else "rectified_flow, contrastive_rf or ddpm"
         raise ConfigError(f"objective.kind: denoiser '{cfg.denoiser.kind}' expects {want}, "
                           f"got '{cfg.objective.kind}'")
+    if (o.kind == "contrastive_rf" or o.contrastive_weight > 0) and cfg.data.batch_size < 2:
+        raise ConfigError(f"data.batch_size: the contrastive objective needs negatives from other images; expected "
+                          f">= 2, got {cfg.data.batch_size}")
+    if o.preserve_weight > 0 and not stage_of(cfg.train.stage).lora:
+        raise ConfigError(f"objective.preserve_weight: stage {cfg.train.stage} does not train the encoder; set it "
+                          "for stage 2 or e2e")
     if cfg.denoiser.kind == "sd_unet" and not cfg.denoiser.name_or_path:
         raise ConfigError("denoiser.name_or_path: sd_unet needs a Stable Diffusion pipeline dir or hub id, got ''")
     if cfg.denoiser.init_from and cfg.denoiser.kind != "flow_dit":

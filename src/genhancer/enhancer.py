@@ -64,7 +64,9 @@ class Enhancer(nn.Module):
         from genhancer.objectives import build_objective
 
         self.denoiser = build_denoiser(cfg.denoiser, self.space, self.grid, cond_dim)
-        self.objective = build_objective(cfg.objective)
+        scheduler = (cfg.denoiser.name_or_path, "scheduler") if cfg.denoiser.kind == "sd_unet" else None
+        self.objective = build_objective(cfg.objective, scheduler_source=scheduler)
+        self.preserve_weight = cfg.objective.preserve_weight
         if cfg.encoder.gradient_checkpointing:
             model = self.encoder.model  # renamed in transformers 5 (the old name warns)
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
@@ -82,14 +84,51 @@ class Enhancer(nn.Module):
             prm.requires_grad_(False)
         if lora:
             if not has_lora(self.encoder.model):
+                if self.preserve_weight > 0:
+                    self._keep_reference_encoder()
                 apply_vision_lora(self.encoder, self.cfg.lora)
             for n, prm in self.encoder.model.named_parameters():
                 prm.requires_grad_(is_lora_param(n, self.cfg.lora))
         self.lora_trains = lora
         for prm in self.projector.parameters():
             prm.requires_grad_(projector)
-        for prm in self.denoiser.parameters():
-            prm.requires_grad_(denoiser)
+        for prm in self.denoiser.parameters():  # a frozen pretrained UNet (DCR) never trains
+            prm.requires_grad_(denoiser and not self.cfg.denoiser.frozen)
+
+    def _keep_reference_encoder(self) -> None:
+        """A frozen copy of the vision side as it is now (before LoRA), for the drift
+        regulariser when no cached original token is at hand. The text tower and other
+        children are shared, not copied; the copy is kept outside the module tree so it is
+        neither trained nor saved."""
+        import copy
+
+        model = self.encoder.model
+        memo = {id(c): c for n, c in model.named_children()
+                if c is not self.encoder.vision_tower and n != "visual_projection"}
+        for attr in ("image_processor", "tokenizer"):
+            if getattr(self.encoder, attr, None) is not None:
+                memo[id(getattr(self.encoder, attr))] = getattr(self.encoder, attr)
+        ref = copy.deepcopy(self.encoder, memo).eval()
+        for prm in ref.parameters():
+            prm.requires_grad_(False)
+        self.__dict__["_reference_encoder"] = ref
+
+    def preserve_loss(self, global_token: torch.Tensor, pixel_values: torch.Tensor,
+                      original: torch.Tensor | None = None) -> torch.Tensor:
+        """``1 - cos(global, original global)`` averaged over the batch; ``original[B,Dg]`` is the
+        frozen encoder's token of the same view (a cache holds it), else computed here."""
+        if original is None:
+            ref = self.__dict__.get("_reference_encoder")
+            if ref is None:
+                from genhancer.errors import ConfigError
+
+                raise ConfigError("objective.preserve_weight: no original encoder kept; it is kept when LoRA "
+                                  "is first applied (stage 2 / e2e)")
+            with torch.no_grad():
+                original = ref.to(pixel_values.device).encode_image(pixel_values)[0]
+        cos = torch.nn.functional.cosine_similarity(global_token.float(), original.float().to(global_token.device),
+                                                    dim=-1)
+        return (1 - cos).mean()
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
@@ -138,12 +177,18 @@ class Enhancer(nn.Module):
 
     # ------------------------------------------------------------------ loss
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        if "pixel_values" in batch:
-            global_token, patches = self.encode(batch["pixel_values"])
+        pixels = batch.get("pixel_values")
+        if pixels is not None:
+            global_token, patches = self.encode(pixels)
         else:
             global_token, patches = batch["global_token"], None
         cached = "codes" if self.space.discrete else "latents"
         z = batch[cached] if cached in batch else self.target(batch["gen_pixels"])
+        drift = None
+        if self.preserve_weight > 0 and self.lora_trains and pixels is not None:
+            # Before any shuffling: each token is held to its own image's original token.
+            drift = self.preserve_loss(global_token, pixels, batch.get("global_token"))
+        aug = self._augmented(pixels, generator)
         if self.shuffle_condition:
             # The control: each image is reconstructed from another image's global token, so
             # the feedback says nothing about the image itself (gradients still reach LoRA).
@@ -151,18 +196,35 @@ class Enhancer(nn.Module):
 
             global_token = shuffled_global(global_token)
             patches = None if patches is None else shuffled_global(patches)
-        return self.loss_from(global_token, patches, z, generator)
+            aug = None if aug is None else tuple(None if a is None else shuffled_global(a) for a in aug)
+        out = self.loss_from(global_token, patches, z, generator, aug=aug)
+        if drift is not None:
+            out["loss"] = out["loss"] + self.preserve_weight * drift
+            out["preserve"] = drift.detach()
+        return out
+
+    def _augmented(self, pixels: torch.Tensor | None, generator: torch.Generator | None):
+        """(global, patches) of DCR's augmented view when the objective uses one and pixels exist."""
+        term = getattr(self.objective, "contrastive", None)
+        if pixels is None or term is None or not term.augment:
+            return None
+        from genhancer.data.augment import augmented_view
+
+        return self.encode(augmented_view(pixels, self.encoder.spec.mean, self.encoder.spec.std, generator))
 
     def loss_from(self, global_token: torch.Tensor, patches: torch.Tensor | None, z: torch.Tensor,
-                  generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """The objective's loss on targets ``z`` (latents / codes) given encoder outputs."""
+                  generator: torch.Generator | None = None, aug: tuple | None = None) -> dict[str, torch.Tensor]:
+        """The objective's loss on targets ``z`` (latents / codes) given encoder outputs (and
+        ``aug`` = (global, patches) of an augmented view, for a contrastive objective)."""
         cond, cond_tokens = self.condition(global_token, patches, generator)
         if self.space.discrete:
             return self.objective.loss(self.denoiser, z.flatten(1), cond, cond_tokens, generator=generator)
         from genhancer.latents.patchify import patchify
 
+        cond_aug = None if aug is None else self.condition(aug[0], aug[1], generator)[0]
         x1 = patchify(z, self.patch)
-        return self.objective.loss(self.denoiser, x1, cond, cond_tokens, grid=self.grid, generator=generator)
+        return self.objective.loss(self.denoiser, x1, cond, cond_tokens, grid=self.grid, generator=generator,
+                                   cond_aug=cond_aug)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

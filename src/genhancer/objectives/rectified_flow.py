@@ -8,15 +8,19 @@ and the denoiser is trained with MSE on ``v``.  Timesteps come from a scaled log
 ``t = sigmoid(s * (m + n)), n ~ N(0, 1)``; GenHancer found ``s = 1`` best and a uniform
 sampler clearly worse (MMVP-VLM 31.9 vs 21.5), because the middle of the path is where
 the condition decides most about the image.
+
+With a :class:`~genhancer.objectives.contrastive.ContrastiveTerm` (``objective.kind=
+contrastive_rf``, or ``objective.contrastive_weight > 0``) DCR's InfoNCE over the
+predictions replaces or joins the MSE on the same draw of ``(t, eps)``.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genhancer.errors import ConfigError, ShapeError
+from genhancer.objectives.contrastive import ContrastiveTerm, NoisyBatch, continuous_loss
 
 SAMPLERS = ("logit_normal", "uniform")
 LOSS_BINS = 10  # equal bins of t over [0, 1] for the loss-by-timestep diagnostic
@@ -41,6 +45,33 @@ def bin_losses(t: torch.Tensor, losses: torch.Tensor, bins: int = 10) -> tuple[t
     return sums, counts
 
 
+def loss_diagnostics(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-bin sums of one continuous loss output: ``loss_by_t_sum[LOSS_BINS]`` float64,
+    ``loss_by_t_count[LOSS_BINS]`` int64, and with a contrastive term the step's ``mse_sum`` /
+    ``contrastive_sum`` / ``terms_count`` (scalars)."""
+    sums, counts = bin_losses(out["t"], out["loss_per_sample"], LOSS_BINS)
+    diag = {"loss_by_t_sum": sums, "loss_by_t_count": counts}
+    if "contrastive" in out:
+        diag.update(mse_sum=out["mse"].double(), contrastive_sum=out["contrastive"].double(),
+                    terms_count=torch.ones((), dtype=torch.int64, device=sums.device))
+    return diag
+
+
+def summarize_loss(totals: dict[str, torch.Tensor]) -> dict:
+    """Summed :func:`loss_diagnostics` as JSON values: ``{"loss_by_t": {"0.0-0.1": mean | None, ...},
+    "mse": mean, "contrastive": mean}`` (empty when no loss was binned)."""
+    sums, counts = totals.get("loss_by_t_sum"), totals.get("loss_by_t_count")
+    if counts is None or counts.sum() == 0:
+        return {}
+    means = (sums / counts.clamp(min=1)).tolist()
+    out = {"loss_by_t": {f"{i / LOSS_BINS:.1f}-{(i + 1) / LOSS_BINS:.1f}": (m if c else None)
+                         for i, (m, c) in enumerate(zip(means, counts.tolist()))}}
+    n = int(totals["terms_count"]) if "terms_count" in totals else 0
+    if n:
+        out.update(mse=float(totals["mse_sum"]) / n, contrastive=float(totals["contrastive_sum"]) / n)
+    return out
+
+
 class RectifiedFlow:
     """Rectified-flow objective: ``loss`` for training, ``sample`` for generation.
 
@@ -49,7 +80,7 @@ class RectifiedFlow:
     """
 
     def __init__(self, sampler: str = "logit_normal", scale: float = 1.0, mean: float = 0.0,
-                 sample_steps: int = 25):
+                 sample_steps: int = 25, contrastive: ContrastiveTerm | None = None):
         if sampler not in SAMPLERS:
             raise ConfigError(f"objective.timestep_sampler: expected one of {', '.join(SAMPLERS)}, "
                               f"got '{sampler}'")
@@ -61,10 +92,11 @@ class RectifiedFlow:
         self.scale = float(scale)
         self.mean = float(mean)
         self.sample_steps = int(sample_steps)
+        self.contrastive = contrastive
 
     def __repr__(self) -> str:
         return (f"RectifiedFlow(sampler={self.sampler!r}, scale={self.scale}, mean={self.mean}, "
-                f"sample_steps={self.sample_steps})")
+                f"sample_steps={self.sample_steps}, contrastive={self.contrastive})")
 
     # -- training ----------------------------------------------------------------------
 
@@ -76,43 +108,38 @@ class RectifiedFlow:
         n = torch.randn(batch, generator=generator, device=device)
         return torch.sigmoid(self.scale * (self.mean + n))
 
+    def noisy(self, x1: torch.Tensor, generator: torch.Generator | None = None) -> NoisyBatch:
+        """Clean tokens ``x1[B,L,C]`` -> ``x_t = (1 - t) x1 + t eps`` and the velocity ``eps - x1``."""
+        if x1.ndim != 3:
+            raise ShapeError(f"rectified flow: expected clean tokens [B,L,C], got {tuple(x1.shape)}")
+        t = self.sample_t(x1.shape[0], generator=generator, device=x1.device)
+        eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
+        tt = t.to(x1.dtype)[:, None, None]
+        return NoisyBatch((1 - tt) * x1 + tt * eps, t, eps - x1)
+
     def loss(self, denoiser: nn.Module, x1: torch.Tensor, cond: torch.Tensor,
              cond_tokens: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """One training loss on clean tokens ``x1[B,L,C]`` given ``cond[B,Dc]``.
+             generator: torch.Generator | None = None, cond_aug: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One training loss on clean tokens ``x1[B,L,C]`` given ``cond[B,Dc]`` (and, for the
+        contrastive term, the condition of an augmented view ``cond_aug[B,Dc]``).
 
         Returns ``{"loss": scalar, "loss_per_sample": [B], "t": [B]}``; the last two are
         detached, for binning the loss by timestep (see :func:`bin_losses`).
         """
-        if x1.ndim != 3:
-            raise ShapeError(f"rectified flow: expected clean tokens [B,L,C], got {tuple(x1.shape)}")
-        b = x1.shape[0]
-        t = self.sample_t(b, generator=generator, device=x1.device)
-        eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
-        tt = t.to(x1.dtype)[:, None, None]
-        x_t = (1 - tt) * x1 + tt * eps
-        pred = denoiser(x_t, t.to(x1.dtype), cond, cond_tokens=cond_tokens, grid=grid)
-        # MSE in float32: bf16 squares of small residuals underflow and flatten the curve.
-        per = F.mse_loss(pred.float(), (eps - x1).float(), reduction="none").mean(dim=(1, 2))
-        return {"loss": per.mean(), "loss_per_sample": per.detach(), "t": t.detach()}
+        return continuous_loss(denoiser, self.noisy(x1, generator), cond, cond_tokens, grid,
+                               self.contrastive, cond_aug, generator)
 
     # -- diagnostics (the interface every objective has; see genhancer.objectives) --------
 
     def diagnostics(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-bin tensors of one :meth:`loss` output, which a trainer sums over steps on the
         device: ``loss_by_t_sum[LOSS_BINS]`` float64 and ``loss_by_t_count[LOSS_BINS]`` int64."""
-        sums, counts = bin_losses(out["t"], out["loss_per_sample"], LOSS_BINS)
-        return {"loss_by_t_sum": sums, "loss_by_t_count": counts}
+        return loss_diagnostics(out)
 
     def summarize(self, totals: dict[str, torch.Tensor]) -> dict:
         """The summed :meth:`diagnostics` as JSON values: ``{"loss_by_t": {"0.0-0.1": mean | None, ...}}``
         (empty when no loss was binned)."""
-        sums, counts = totals.get("loss_by_t_sum"), totals.get("loss_by_t_count")
-        if counts is None or counts.sum() == 0:
-            return {}
-        means = (sums / counts.clamp(min=1)).tolist()
-        return {"loss_by_t": {f"{i / LOSS_BINS:.1f}-{(i + 1) / LOSS_BINS:.1f}": (m if c else None)
-                              for i, (m, c) in enumerate(zip(means, counts.tolist()))}}
+        return summarize_loss(totals)
 
     # -- generation --------------------------------------------------------------------
 
