@@ -14,6 +14,7 @@ from typing import Any
 
 from genhancer.errors import ConfigError
 
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
