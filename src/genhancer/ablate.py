@@ -45,6 +45,12 @@ class Variant:
     stage1_from: str | None = None      # reuse this variant's stage 1 of the same seed (identical config)
 
 
+# DCR contrasts each anchor with all 15 other images of a batch of 16; the ablation's batch is
+# 32, and 7 negatives keep a stage-2 step at 9 denoiser forwards per image instead of 33.
+ABLATE_NEGATIVES = 7
+# Picked on the validation world (seed 200) from 0.1 / 1 / 10 with seed 0 (README, "The field's recipes").
+PRESERVE_WEIGHT = 1.0
+
 VARIANTS: tuple[Variant, ...] = (
     Variant("default", "reference: global token, two-stage, logit-normal, small MM-DiT"),
     Variant("shuffled-condition", "control: stage 2 reconstructs each image from another image's global token",
@@ -55,6 +61,17 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("oracle-condition", "ceiling: the condition is every patch token (what the tower sees), not the "
             "global token; its stage 1 measures what the denoiser can draw",
             ("cond.source=patches",)),
+    # The field's recipes (issue 27), each on the default's stage 1; read against the control.
+    Variant("contrastive", "objective (DCR): stage 2 trains on InfoNCE over the denoiser's predictions (7 "
+            "negatives, augmented-view and true-target positives) instead of the MSE",
+            stage2_overrides=("objective.kind=contrastive_rf", f"objective.num_negatives={ABLATE_NEGATIVES}"),
+            stage1_from="default"),
+    Variant("contrastive+mse", "objective: stage 2 trains on MSE + 1.0 x DCR's InfoNCE (7 negatives)",
+            stage2_overrides=("objective.contrastive_weight=1.0", f"objective.num_negatives={ABLATE_NEGATIVES}"),
+            stage1_from="default"),
+    Variant("preserve", f"drift regulariser: stage 2 adds {PRESERVE_WEIGHT} x (1 - cos(global token, the "
+            "original's)); weight from a sweep on the validation world", stage2_overrides=(
+                f"objective.preserve_weight={PRESERVE_WEIGHT}",), stage1_from="default"),
     Variant("local-10", "condition: +10% local patch tokens", ("cond.local_token_fraction=0.1",), cached=False),
     Variant("local-50", "condition: +50% local patch tokens", ("cond.local_token_fraction=0.5",), cached=False),
     Variant("end-to-end", "training: one joint stage instead of two", e2e=True),
@@ -130,8 +147,13 @@ def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings)
     if v.e2e:
         train(demo_config(demo_dir, ds, "e2e", extra, run_dir=run_dir, cached=v.cached))
     else:
-        shared = out / v.stage1_from / f"seed{seed}" / "stage1" if v.stage1_from else None
-        if shared is not None and (shared / "checkpoints").is_dir():
+        shared = _shared_stage1(demo_dir, out, v, seed, s)
+        if shared is None and v.stage1_from and not v.overrides:
+            # The stage 1 it shares was pruned: train it once where every sharer finds it.
+            home = out / v.stage1_from / f"seed{seed}" / "shared"
+            train(demo_config(demo_dir, ds, "1", extra, run_dir=home, cached=v.cached))
+            shared = home / "stage1"
+        if shared is not None:
             extra2 = [f"train.init_from={shared}"]
         else:
             train(demo_config(demo_dir, ds, "1", extra, run_dir=run_dir, cached=v.cached))
@@ -152,6 +174,32 @@ def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings)
     return metrics
 
 
+def _shared_stage1(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings) -> Path | None:
+    """The stage-1 run ``v`` reuses: its ``stage1_from`` variant's of the same seed while its
+    weights are kept, else the demo's own stage 1 when the demo trained this seed with the same
+    recipe (the default's stage 1 is the demo's); None = train one."""
+    if not v.stage1_from:
+        return None
+    for mine in (out / v.stage1_from / f"seed{seed}" / "stage1", out / v.stage1_from / f"seed{seed}" / "shared" / "stage1"):
+        if (mine / "checkpoints").is_dir():
+            return mine
+    if v.stage1_from == "default" and _demo_matches(demo_dir, s, seed) and (demo_dir / "stage1" / "checkpoints").is_dir():
+        return demo_dir / "stage1"
+    return None
+
+
+def _demo_matches(demo_dir: Path, s: AblateSettings, seed: int | None = None) -> bool:
+    """The demo in ``demo_dir`` trained with this ablation's recipe (and seed, when given)."""
+    settings = demo_dir / "settings.json"
+    if not settings.is_file():
+        return False
+    ran = json.loads(settings.read_text())
+    want = asdict(replace(s.demo, stage1_steps=s.stage1_steps, stage2_steps=s.stage2_steps))
+    keys = ("stage1_steps", "stage1_lr", "stage2_steps", "stage2_lr", "batch_size", "denoiser", "corpus_images",
+            "cache_augmentations", "image_size", "world_seed")
+    return all(ran.get(k) == want[k] for k in keys) and (seed is None or ran.get("seed") == seed)
+
+
 def baseline(demo_dir: Path, out: Path) -> dict:
     """The pretrained tiny CLIP before any enhancement (deterministic: one run)."""
     from genhancer.encoders import load_encoder
@@ -170,13 +218,10 @@ def adopt_demo_runs(demo_dir: Path, out: Path, s: AblateSettings) -> list[str]:
     its training seed when the ablation asks for the same recipe: take their metrics instead of
     training them again (8 minutes on 2 cores). Returns the variants adopted."""
     settings, results = demo_dir / "settings.json", demo_dir / "eval" / "results.json"
-    if not (settings.is_file() and results.is_file()):
+    if not (results.is_file() and _demo_matches(demo_dir, s)):
         return []
     ran = json.loads(settings.read_text())
-    want = asdict(replace(s.demo, stage1_steps=s.stage1_steps, stage2_steps=s.stage2_steps))
-    keys = ("stage1_steps", "stage1_lr", "stage2_steps", "stage2_lr", "batch_size", "denoiser", "corpus_images",
-            "cache_augmentations", "image_size", "world_seed", "seed")
-    if any(ran.get(k) != want[k] for k in keys) or ran["seed"] not in s.seeds:
+    if ran.get("seed") != s.demo.seed or ran["seed"] not in s.seeds:
         return []
     res = json.loads(results.read_text())
     adopted = []
@@ -190,29 +235,38 @@ def adopt_demo_runs(demo_dir: Path, out: Path, s: AblateSettings) -> list[str]:
     return adopted
 
 
-def versus_control(runs: list[dict]) -> dict | None:
-    """The default recipe minus the shuffled-condition control, seed by seed (same stage 1):
-    mean and std over seeds of each metric's difference, and a paired bootstrap 95 % CI of the
-    large benchmark's difference pooled over seeds (pairs resampled within category and seed)."""
+CONTROL = "shuffled-condition"
+
+
+def versus_control(runs: list[dict], variant: str = "default") -> dict | None:
+    """``variant`` minus the shuffled-condition control, seed by seed (same stage 1): mean and
+    std over seeds of each metric's difference and of each attribute's (probe accuracy and the
+    large benchmark's category score), and a paired bootstrap 95 % CI of the large benchmark's
+    difference pooled over seeds (pairs resampled within category and seed)."""
     from genhancer.eval.stats import paired_bootstrap_ci
 
     by = {(r["variant"], r["seed"]): r for r in runs}
-    seeds = sorted(sd for v, sd in by if v == "default" and ("shuffled-condition", sd) in by)
-    if not seeds:
+    seeds = sorted(sd for v, sd in by if v == variant and (CONTROL, sd) in by)
+    if not seeds or variant == CONTROL:
         return None
-    out: dict = {"seeds": seeds}
+    out: dict = {"variant": variant, "seeds": seeds}
     for m in [*METRICS, "mmvp_large"]:
-        diffs = [by["default", sd][m] - by["shuffled-condition", sd][m] for sd in seeds
-                 if m in by["default", sd] and m in by["shuffled-condition", sd]]
+        diffs = [by[variant, sd][m] - by[CONTROL, sd][m] for sd in seeds
+                 if m in by[variant, sd] and m in by[CONTROL, sd]]
         if diffs:
             mean, std = _mean_std(diffs)
             out[m] = {"mean": mean, "std": std, "per_seed": diffs}
-    if all("mmvp_large_correct" in by[v, sd] for sd in seeds for v in ("default", "shuffled-condition")):
+    for key in ("probe_per_attribute", "mmvp_large_categories"):
+        if all(key in by[v, sd] for sd in seeds for v in (variant, CONTROL)):
+            names = by[variant, seeds[0]][key]
+            out[key] = {a: statistics.fmean(by[variant, sd][key][a] - by[CONTROL, sd][key][a] for sd in seeds)
+                        for a in names}
+    if all("mmvp_large_correct" in by[v, sd] for sd in seeds for v in (variant, CONTROL)):
         before, after, strata = [], [], []
         for sd in seeds:
-            before += by["shuffled-condition", sd]["mmvp_large_correct"]
-            after += by["default", sd]["mmvp_large_correct"]
-            strata += [(sd, c) for c in by["default", sd]["mmvp_large_pair_categories"]]
+            before += by[CONTROL, sd]["mmvp_large_correct"]
+            after += by[variant, sd]["mmvp_large_correct"]
+            strata += [(sd, c) for c in by[variant, sd]["mmvp_large_pair_categories"]]
         ci = paired_bootstrap_ci(before, after, strata=strata)
         out["mmvp_large_pooled"] = {"delta": 100 * ci.estimate, "ci_low": 100 * ci.low, "ci_high": 100 * ci.high,
                                     "n_items": len(after)}
@@ -220,8 +274,8 @@ def versus_control(runs: list[dict]) -> dict | None:
 
 
 def format_versus_control(vc: dict) -> str:
-    lines = [f"default minus shuffled-condition control, seeds {' '.join(map(str, vc['seeds']))} "
-             "(mean ± std of the per-seed difference):"]
+    lines = [f"{vc.get('variant', 'default')} minus shuffled-condition control, seeds "
+             f"{' '.join(map(str, vc['seeds']))} (mean ± std of the per-seed difference):"]
     for m in [*METRICS, "mmvp_large"]:
         if m in vc:
             label = METRIC_LABELS.get(m, "MMVP-format, large benchmark")
@@ -230,6 +284,24 @@ def format_versus_control(vc: dict) -> str:
         p = vc["mmvp_large_pooled"]
         lines.append(f"- large benchmark, pooled over seeds ({p['n_items']} pair scores): {p['delta']:+.1f}, "
                      f"paired 95 % CI [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]")
+    return "\n".join(lines)
+
+
+def format_attribute_table(vcs: list[dict]) -> str:
+    """Per attribute, each variant minus the control (mean over seeds): large-benchmark category
+    score / probe accuracy, in points."""
+    vcs = [vc for vc in vcs if "mmvp_large_categories" in vc and "probe_per_attribute" in vc]
+    if not vcs:
+        return ""
+    from genhancer.demo.world import MMVP_CATEGORIES
+
+    pairs = [(c, a) for c, a in MMVP_CATEGORIES if c in vcs[0]["mmvp_large_categories"]
+             and a in vcs[0]["probe_per_attribute"]]
+    lines = ["per attribute, minus the control (mean over seeds; large-benchmark category / probe accuracy):", "",
+             "| variant | " + " | ".join(a for _, a in pairs) + " |", "|---|" + "---|" * len(pairs)]
+    for vc in vcs:
+        cells = [f"{vc['mmvp_large_categories'][c]:+.1f} / {vc['probe_per_attribute'][a]:+.1f}" for c, a in pairs]
+        lines.append(f"| {vc['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -331,7 +403,7 @@ def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Var
     for v, seed in tqdm(jobs, desc="ablate", unit="run"):
         runs.append(run_one(demo_dir, out, v, seed, s))
     # Stage-1 weights kept for a variant that reuses them are not needed any more.
-    for ckpts in out.glob("*/seed*/stage*/checkpoints"):
+    for ckpts in [*out.glob("*/seed*/stage*/checkpoints"), *out.glob("*/seed*/shared/stage1/checkpoints")]:
         shutil.rmtree(ckpts)
     rows = summarize(base, runs, variants)
     md = format_markdown(rows, s)
@@ -340,13 +412,16 @@ def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Var
         m = json.loads(vq_metrics.read_text())
         md += (f"\ndiscrete: own VQ tokenizer ({s.vq_steps} steps on 4,096 corpus images), PSNR {m['psnr']:.1f} dB, "
                f"codebook usage {100 * m['usage']:.0f} %.")
-    vc = versus_control(runs)
-    if vc:
+    vcs = [vc for vc in (versus_control(runs, v.name) for v in variants) if vc]
+    for vc in vcs:
         md += "\n\n" + format_versus_control(vc)
+    if vcs:
+        md += "\n\n" + format_attribute_table(vcs)
+    vc = next((x for x in vcs if x["variant"] == "default"), None)
     note = md.split("\n\n", 1)[1] if "\n\n" in md else ""
     (out / "ablate.md").write_text(md + "\n")
-    (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note,
-                                                 "versus_control": vc}, indent=2))
+    (out / "ablate.json").write_text(json.dumps({"rows": rows, "runs": runs, "note": note, "versus_control": vc,
+                                                 "versus_control_all": vcs}, indent=2))
     plot(rows, out / "ablate.png")
     # The demo report shows the latest ablation on its inputs.
     shutil.copyfile(out / "ablate.json", demo_dir / "ablation.json")
