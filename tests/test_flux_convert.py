@@ -208,16 +208,15 @@ def _cfg(*extra):
                                 f"denoiser.num_heads={HEADS}", *extra])
 
 
-def test_build_denoiser_init_from(tmp_path, capsys):
-    from genhancer.denoisers import build_denoiser
-    from genhancer.latents import build_latent_space
+def test_stage1_starts_from_flux_and_stage2_does_not_read_it(tmp_path, capsys, tiny_clip_dir):
+    from genhancer.training.loop import build_for_training
 
     flux = _tiny_flux(1, 2)
     pipe_dir = tmp_path / "pipe"
     flux.save_pretrained(pipe_dir / "transformer")  # a pipeline folder: found via transformer/
-    cfg = _cfg("denoiser.depth_double=1", "denoiser.depth_single=2", f"denoiser.init_from={pipe_dir}")
-    space = build_latent_space(cfg.tokenizer)
-    model = build_denoiser(cfg.denoiser, space, GRID, 24)
+    over = ("denoiser.depth_double=1", "denoiser.depth_single=2", f"denoiser.init_from={pipe_dir}",
+            f"encoder.name_or_path={tiny_clip_dir}")
+    model = build_for_training(_cfg(*over)).denoiser
     assert model.in_channels == 12
     out = capsys.readouterr().out
     assert out.count("loaded ") == 1 and "1 double + 2 single blocks" in out and "new: vector_in, txt_in" in out
@@ -228,7 +227,12 @@ def test_build_denoiser_init_from(tmp_path, capsys):
                        torch.cat([sd[f"single_transformer_blocks.1.{n}.weight"]
                                   for n in ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")]))
     assert torch.equal(ours["img_in.weight"], sd["x_embedder.weight"])
-    assert ours["vector_in.in_layer.weight"].shape == (HIDDEN, 24)
+    assert ours["vector_in.in_layer.weight"].shape == (HIDDEN, HIDDEN)
+    # Anything that loads our own checkpoints (stage 2 here, sampling, export) does not read FLUX.
+    from genhancer.enhancer import Enhancer
+
+    Enhancer(_cfg(*over).model)
+    assert "loaded " not in capsys.readouterr().out
 
 
 def test_mismatch_and_missing_path(tmp_path):
@@ -237,9 +241,10 @@ def test_mismatch_and_missing_path(tmp_path):
 
     flux = _tiny_flux(2, 1)
     flux.save_pretrained(tmp_path / "flux")
-    cfg = _cfg("denoiser.depth_double=1", "denoiser.depth_single=1", f"denoiser.init_from={tmp_path}/flux")
+    cfg = _cfg("denoiser.depth_double=1", "denoiser.depth_single=1")
+    model = build_denoiser(cfg.denoiser, build_latent_space(cfg.tokenizer), GRID, 24)
     with pytest.raises(ConfigError, match=r"num_layers is 2 there but depth_double 1 here"):
-        build_denoiser(cfg.denoiser, build_latent_space(cfg.tokenizer), GRID, 24)
+        load_flux_into(model, str(tmp_path / "flux"))
     model = FlowDiT(resolve_params("tiny", 12, 24, hidden_size=HIDDEN, num_heads=HEADS))
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_flux_into(model, str(tmp_path / "nowhere"))

@@ -88,6 +88,13 @@ def format_table(res: dict[str, Any]) -> str:
                  "bound (the autoencoder forward it skips)"
                  + (f"; from files {e['stage2_cache_speedup_files']:.2f}x" if "stage2_cache_speedup_files" in e else ""))
 
+    if "objectives" in res:
+        from genhancer.bench.objectives import format_objectives
+
+        o = res["objectives"]
+        section(f"stage-2 step per objective ({o['denoiser']} denoiser, batch {o['batch']}, tiny CLIP; same run)")
+        lines.extend(format_objectives(o))
+
     for key in ("eval", "eval_reference"):
         if key not in res:
             continue

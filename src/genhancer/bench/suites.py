@@ -21,7 +21,11 @@ One run measures, on one machine (ratios are what to read; absolute times move w
 7. an analytic memory estimate of a paper-sized run (:func:`~genhancer.bench.memory.memory_estimate`);
 8. **reference MM-DiT**: our denoiser's train step next to diffusers' ``FluxTransformer2DModel``
    of the same dimensions, as a speed ratio (:mod:`genhancer.bench.reference`; ``small``,
-   ``tiny`` with ``quick``).
+   ``tiny`` with ``quick``);
+9. ``pretrain-clip`` steps (:mod:`genhancer.bench.pretrain`);
+10. **objectives**: a stage-2 step under MSE, DCR's contrastive term (all negatives, 7, without
+    the augmented view), MSE + contrastive and the drift regulariser, as ratios to the MSE
+    step of the same run (:mod:`genhancer.bench.objectives`).
 
 The training-step rows (2, 3, 6) are in :mod:`genhancer.bench.timing`; FLOPs are counted
 as :mod:`genhancer.bench.flops` describes.
@@ -179,7 +183,7 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
         enh_batch, n_images, n_ref_images, n_files = (64 if cuda else 32), 128, 32, 256
     eval_batch = 32
 
-    tasks = (1 + int(amp is not None or not cuda) + len(presets) * len(TOKEN_COUNTS) + 6 + int(compile))
+    tasks = (1 + int(amp is not None or not cuda) + len(presets) * len(TOKEN_COUNTS) + 7 + int(compile))
     bar = tqdm(total=tasks, desc="bench", unit="task", dynamic_ncols=True,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     res: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__,
@@ -257,6 +261,15 @@ def _run_bench(out_dir: Path, quick: bool, presets: list[str], compile: bool,
             bar.update()
         mem_sections["enhancer"] = pk.mb
         done("enhancer")
+        # 10. the objectives: MSE vs DCR's contrastive term vs the drift regulariser, stage 2
+        with Peak(device) as pk:
+            task("objectives")
+            from genhancer.bench.objectives import bench_objectives
+
+            res["objectives"] = bench_objectives(clip_dir, device, enh_batch, amp, **reps)
+            bar.update()
+        mem_sections["objectives"] = pk.mb
+        done("objectives")
         # 4. evaluation encoding: the tiny encoder, then one with a real (ViT-B/32) forward cost
         with Peak(device) as pk:
             task("eval encoding")

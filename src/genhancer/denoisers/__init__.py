@@ -69,11 +69,6 @@ def build_denoiser(cfg: DenoiserConfig, space, grid: tuple[int, int], cond_dim: 
         from genhancer.denoisers.flow_dit import build_flow_dit
 
         model = build_flow_dit(cfg.preset, space.channels * cfg.patch_size ** 2, cond_dim, **overrides)
-        # denoiser.init_from: FLUX blocks from a diffusers checkpoint (the condition embedders stay new).
-        if cfg.init_from:
-            from genhancer.denoisers.flux_convert import load_flux_into
-
-            print(f"denoiser.init_from {cfg.init_from}: {load_flux_into(model, cfg.init_from).summary()}", flush=True)
     else:
         from genhancer.denoisers.perceiver import build_perceiver
 

@@ -78,6 +78,13 @@ def build_for_training(cfg: Config, device: torch.device | None = None):
     enhancer = Enhancer(cfg.model)
     if stage.needs_init_from:
         load_enhancer_weights(enhancer, init, f"train.init_from '{init}'")
+    elif cfg.denoiser.init_from:
+        # FLUX blocks from a diffusers checkpoint, read only where a run starts its denoiser
+        # (stage 1 / e2e): stage 2, sampling, caching and export load our own checkpoints.
+        from genhancer.denoisers.flux_convert import load_flux_into
+
+        report = load_flux_into(enhancer.denoiser, cfg.denoiser.init_from)
+        print(f"denoiser.init_from {cfg.denoiser.init_from}: {report.summary()}", flush=True)
     stage.apply(enhancer, cfg.train)
     return enhancer
 
