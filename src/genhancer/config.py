@@ -115,10 +115,11 @@ class DenoiserConfig:
 
 @dataclass
 class ObjectiveConfig:
-    kind: str = _f("rectified_flow", choices=("rectified_flow", "masked_tokens", "contrastive_rf", "ddpm"),
+    kind: str = _f("rectified_flow", choices=("rectified_flow", "masked_tokens", "contrastive_rf", "ddpm",
+                                             "contrastive_ddpm"),
                    doc="rectified_flow: MSE on the velocity (GenHancer); contrastive_rf: DCR's InfoNCE over the "
                        "denoiser's predictions on the rectified-flow path; ddpm: diffusers' DDPM loss (sd_unet); "
-                       "masked_tokens: discrete")
+                       "contrastive_ddpm: that InfoNCE alone on the DDPM path (DCR); masked_tokens: discrete")
     # rectified flow
     timestep_sampler: str = _f("logit_normal", choices=("logit_normal", "uniform"))
     logit_normal_scale: float = _f(1.0, lo=1e-6, doc="s in t = sigmoid(s * N(m, 1))")
@@ -128,7 +129,7 @@ class ObjectiveConfig:
     mask_schedule: str = _f("uniform_range", choices=("uniform_range", "cosine", "fixed"))
     mask_ratio_min: float = _f(0.5, lo=0.0, hi=1.0)
     mask_ratio_max: float = _f(0.9, lo=0.0, hi=1.0)
-    # contrastive (DCR); contrastive_rf is the contrastive term alone
+    # contrastive (DCR); contrastive_rf / contrastive_ddpm are the contrastive term alone
     contrastive_weight: float = _f(0.0, lo=0.0, doc="rectified_flow / ddpm: loss = mse + weight * contrastive "
                                                     "(0 = off)")
     temperature: float = _f(0.1, lo=1e-6, doc="contrastive: InfoNCE temperature tau")
@@ -283,10 +284,11 @@ def validate(cfg: Config) -> Config:
     if len(cfg.train.betas) != 2:
         raise ConfigError(f"train.betas: expected two numbers, got {cfg.train.betas}")
     if (cfg.denoiser.kind == "perceiver") != (cfg.objective.kind == "masked_tokens"):
-        want = "masked_tokens" if cfg.denoiser.kind == "perceiver" else "rectified_flow, contrastive_rf or ddpm"
+        want = ("masked_tokens" if cfg.denoiser.kind == "perceiver"
+                else "rectified_flow, contrastive_rf, ddpm or contrastive_ddpm")
         raise ConfigError(f"objective.kind: denoiser '{cfg.denoiser.kind}' expects {want}, "
                           f"got '{cfg.objective.kind}'")
-    if (o.kind == "contrastive_rf" or o.contrastive_weight > 0) and cfg.data.batch_size < 2:
+    if (o.kind in ("contrastive_rf", "contrastive_ddpm") or o.contrastive_weight > 0) and cfg.data.batch_size < 2:
         raise ConfigError(f"data.batch_size: the contrastive objective needs negatives from other images; expected "
                           f">= 2, got {cfg.data.batch_size}")
     if o.preserve_weight > 0 and not stage_of(cfg.train.stage).lora:
@@ -294,6 +296,11 @@ def validate(cfg: Config) -> Config:
                           "for stage 2 or e2e")
     if cfg.denoiser.kind == "sd_unet" and not cfg.denoiser.name_or_path:
         raise ConfigError("denoiser.name_or_path: sd_unet needs a Stable Diffusion pipeline dir or hub id, got ''")
+    if cfg.denoiser.kind == "sd_unet" and cfg.denoiser.patch_size != 1:
+        raise ConfigError(f"denoiser.patch_size: sd_unet takes latent pixels, expected 1, got {cfg.denoiser.patch_size}")
+    if o.kind in ("ddpm", "contrastive_ddpm") and cfg.denoiser.kind != "sd_unet":
+        raise ConfigError(f"objective.kind: {o.kind} reads the noise schedule of a Stable Diffusion pipeline; "
+                          f"expected denoiser.kind=sd_unet, got '{cfg.denoiser.kind}'")
     if cfg.denoiser.init_from and cfg.denoiser.kind != "flow_dit":
         raise ConfigError(f"denoiser.init_from: loads a FLUX checkpoint into flow_dit, but denoiser.kind is "
                           f"'{cfg.denoiser.kind}'")

@@ -1,4 +1,5 @@
-"""Denoisers g: ``flow_dit`` (continuous, FLUX-style MM-DiT) and ``perceiver`` (discrete).
+"""Denoisers g: ``flow_dit`` (continuous, FLUX-style MM-DiT), ``sd_unet`` (a pretrained Stable
+Diffusion UNet, continuous) and ``perceiver`` (discrete).
 
 ``build_denoiser(cfg, space, grid, cond_dim)`` picks one from the config; the latent
 space fixes its input size (channels x patch^2, or the codebook size).
@@ -31,7 +32,11 @@ def preset_hidden_size(kind: str, preset: str) -> int:
 
 def denoiser_hidden_size(cfg: DenoiserConfig) -> int:
     """The width the denoiser will have: ``denoiser.hidden_size`` or its preset's (the projector's
-    default output width)."""
+    default output width); for sd_unet the UNet's cross_attention_dim, read from its config.json."""
+    if cfg.kind == "sd_unet":
+        from genhancer.denoisers.sd_unet import cross_attention_dim, unet_config
+
+        return cross_attention_dim(unet_config(cfg.name_or_path, cfg.subfolder), cfg.name_or_path)
     return cfg.hidden_size or preset_hidden_size(cfg.kind, cfg.preset)
 
 
@@ -64,6 +69,10 @@ def count_denoiser_params(name: str) -> int:
 
 
 def build_denoiser(cfg: DenoiserConfig, space, grid: tuple[int, int], cond_dim: int):
+    if cfg.kind == "sd_unet":  # a pretrained UNet: no size preset, its own gradient checkpointing
+        from genhancer.denoisers.sd_unet import build_sd_unet
+
+        return build_sd_unet(cfg, space, cond_dim)
     overrides = {k: getattr(cfg, k) for k in _SIZE_KEYS if getattr(cfg, k, None) is not None}
     if cfg.kind == "flow_dit":
         from genhancer.denoisers.flow_dit import build_flow_dit

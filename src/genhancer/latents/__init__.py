@@ -14,7 +14,8 @@ def build_latent_space(cfg: TokenizerConfig) -> LatentSpace:
     if cfg.kind == "vae":
         from genhancer.latents.vae import VAESpace
 
-        return VAESpace(cfg.name_or_path, shift=cfg.shift, scale=cfg.scale, sample_posterior=cfg.sample_posterior)
+        return VAESpace(cfg.name_or_path, subfolder=cfg.subfolder or None, shift=cfg.shift, scale=cfg.scale,
+                        sample_posterior=cfg.sample_posterior)
     if cfg.kind == "pixels":
         from genhancer.latents.pixels import PixelSpace
 

@@ -1,5 +1,5 @@
-"""Training objectives: ``rectified_flow`` / ``contrastive_rf`` / ``ddpm`` (continuous) and
-``masked_tokens`` (discrete).
+"""Training objectives: ``rectified_flow`` / ``contrastive_rf`` / ``ddpm`` / ``contrastive_ddpm``
+(continuous) and ``masked_tokens`` (discrete).
 
 Every objective has the same four methods:
 
@@ -28,7 +28,7 @@ def build_objective(cfg: ObjectiveConfig, scheduler_source: tuple[str, str] | No
 
         return RectifiedFlow(sampler=cfg.timestep_sampler, scale=cfg.logit_normal_scale,
                              mean=cfg.logit_normal_mean, sample_steps=cfg.sample_steps, contrastive=contrastive)
-    if cfg.kind == "ddpm":
+    if cfg.kind in ("ddpm", "contrastive_ddpm"):
         from genhancer.objectives.ddpm import DDPM
 
         return DDPM.from_scheduler(scheduler_source, sample_steps=cfg.sample_steps, contrastive=contrastive)

@@ -44,7 +44,8 @@ class NoisyBatch:
 
 @dataclass(frozen=True)
 class ContrastiveTerm:
-    """``weight`` scales the term added to the MSE; ``only`` drops the MSE (``contrastive_rf``)."""
+    """``weight`` scales the term added to the MSE; ``only`` drops the MSE (``contrastive_rf`` /
+    ``contrastive_ddpm``)."""
 
     weight: float = 1.0
     temperature: float = 0.1
@@ -55,7 +56,7 @@ class ContrastiveTerm:
     @classmethod
     def from_config(cls, cfg) -> ContrastiveTerm | None:
         """The term an ``ObjectiveConfig`` asks for, or None (plain MSE)."""
-        only = cfg.kind == "contrastive_rf"
+        only = cfg.kind in ("contrastive_rf", "contrastive_ddpm")
         if not only and cfg.contrastive_weight <= 0:
             return None
         return cls(weight=1.0 if only else cfg.contrastive_weight, temperature=cfg.temperature,
