@@ -196,6 +196,13 @@ def test_run_bench_quick(tmp_path, capsys):
     assert pr["flops_per_s"] == pytest.approx(pr["flops_per_step"] / pr["step_s"])
     assert pr["pct_of_ceiling"] == pytest.approx(100 * pr["flops_per_s"] / res["matmul"]["fp32"]["flops"])
     assert pr["bf16_speedup"] == pytest.approx(pr["step_s"] / pr["bf16_step_s"])
+    obj = {r["objective"]: r for r in res["objectives"]["rows"]}
+    b = res["objectives"]["batch"]
+    assert obj["mse (GenHancer)"]["ratio"] == 1.0 and obj["mse (GenHancer)"]["denoiser_forwards_per_image"] == 1
+    assert obj["contrastive, all B-1 negatives (DCR)"]["denoiser_forwards_per_image"] == b + 1
+    assert obj["contrastive, 7 negatives, no augmented view"]["denoiser_forwards_per_image"] == 1 + min(7, b - 1)
+    assert all(r["step_s"] > 0 and r["ratio"] == pytest.approx(r["step_s"] / obj["mse (GenHancer)"]["step_s"])
+               for r in obj.values())
     o = res["optimizer"]
     assert o["preset"] == "tiny" and o["speedup"] == pytest.approx(o["foreach_s"] / o["fused_s"])
     for key, size in (("eval", 64), ("eval_reference", 224)):
@@ -214,6 +221,7 @@ def test_run_bench_quick(tmp_path, capsys):
     assert on_disk["denoiser"] == json.loads(json.dumps(res["denoiser"]))
     out = capsys.readouterr().out
     assert "matmul ceiling" in out and "memory estimate" in out and "bf16 / fp32" in out
+    assert "stage-2 step per objective" in out
     assert "x bound; from files" in out and "ViT-B/32 shape" in out
     ref = res["reference"]
     assert ref["preset"] == "tiny" and [(r["batch"], r["tokens"]) for r in ref["shapes"]] == [(32, 16), (4, 256)]
