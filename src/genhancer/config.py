@@ -46,7 +46,7 @@ def _f(default: Any = dataclasses.MISSING, *, choices: tuple | None = None, lo: 
 @dataclass
 class EncoderConfig:
     # hub id or local directory of a transformers CLIPModel / SiglipModel checkpoint
-    name_or_path: str = _f("", doc="hub id or local directory of a CLIP / SigLIP checkpoint")
+    name_or_path: str = _f("", doc="hub id or local directory of a CLIP / SigLIP checkpoint, or an image-only DINOv2 / ViT one")
     image_size: int | None = _f(None, lo=16, doc="override the processor's image size")
     gradient_checkpointing: bool = _f(False)
 

@@ -2,7 +2,9 @@
 
 The output directory is an ordinary transformers checkpoint (safetensors + processor +
 tokenizer), so ``CLIPModel.from_pretrained``, ``CLIPVisionModel.from_pretrained`` (what
-LLaVA-style models load) and ``SiglipModel.from_pretrained`` read it unchanged. The text
+LLaVA-style models load) and ``SiglipModel.from_pretrained`` read it unchanged; an
+image-only encoder (DINOv2, ViT) is written as its own model class + image processor
+(``--vision-only`` writes the same), and ``--into-llava`` refuses it. The text
 tower is written exactly as it was loaded. ``into_llava`` writes instead a copy of a
 transformers LLaVA checkpoint with the enhanced vision tower (``genhancer.llava``).
 
@@ -29,7 +31,7 @@ from genhancer.checkpoint import (
     load_weights,
     resolve_checkpoint,
 )
-from genhancer.encoders import VisionLanguageEncoder, load_encoder
+from genhancer.encoders import VisionEncoder, VisionLanguageEncoder, load_encoder
 from genhancer.errors import CheckpointError, ConfigError, GenHancerError
 from genhancer.lora import apply_vision_lora, is_lora_param, merge_lora
 from genhancer.model_card import base_license, read_card_metrics, read_recipe, render_card
@@ -37,7 +39,7 @@ from genhancer.model_card import base_license, read_card_metrics, read_recipe, r
 ENC_PREFIX = "encoder."
 
 
-def load_enhanced_encoder(checkpoint: str | Path) -> VisionLanguageEncoder:
+def load_enhanced_encoder(checkpoint: str | Path) -> VisionLanguageEncoder | VisionEncoder:
     """Base encoder of the checkpoint's config + its trained LoRA, merged (in memory)."""
     ckpt = resolve_checkpoint(checkpoint)
     cfg = load_checkpoint_config(ckpt)
@@ -66,7 +68,7 @@ def check_out_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_only: bool = False,
+def save_encoder(encoder: VisionLanguageEncoder | VisionEncoder, out_dir: str | Path, vision_only: bool = False,
                  overwrite: bool = False, card: str | None = None, files: dict[str, str] | None = None) -> Path:
     """``files``: more text files to write beside the weights (name -> content)."""
     out = check_out_dir(out_dir, overwrite)
@@ -86,8 +88,9 @@ def save_encoder(encoder: VisionLanguageEncoder, out_dir: str | Path, vision_onl
                       hint="the partial export was removed and any earlier one is untouched; free some space, then export again")
 
 
-def _vision_model(encoder: VisionLanguageEncoder):
-    """A standalone ``CLIPVisionModel`` / ``SiglipVisionModel`` sharing the merged weights."""
+def _vision_model(encoder: VisionLanguageEncoder | VisionEncoder):
+    """A standalone ``CLIPVisionModel`` / ``SiglipVisionModel`` sharing the merged weights (an
+    image-only encoder's model is that already)."""
     import transformers
 
     vt = encoder.vision_tower
@@ -133,10 +136,14 @@ def export(checkpoint: str | Path, out_dir: str | Path, vision_only: bool = Fals
 def _export_into_llava(ckpt: Path, out_dir, llava: str, base: str, stages: list, metrics, overwrite: bool,
                        files: dict[str, str]) -> Path:
     from genhancer.encoders.sources import parse_model_ref, read_config, vision_state
+    from genhancer.encoders.vision_only import IMAGE_ONLY
     from genhancer.llava import check_tensors, check_vision_config, inspect_llava, write_llava
 
-    src = inspect_llava(llava)
     base_cfg = read_config(parse_model_ref(base, what="encoder.name_or_path"), "encoder.name_or_path")
+    if base_cfg.model_type in IMAGE_ONLY:  # DINOv2 / ViT: no LLaVA carries one as its vision tower
+        raise ConfigError(f"--into-llava: the enhanced encoder '{base}' is a {IMAGE_ONLY[base_cfg.model_type]}; a "
+                          "LLaVA's vision tower is a CLIP / SigLIP vision model, so only those can go into one")
+    src = inspect_llava(llava)
     check_vision_config(src, base_cfg.vision_config, base)   # before the encoder is loaded
     encoder = load_enhanced_encoder(ckpt)
     tower = vision_state(encoder.vision_tower)

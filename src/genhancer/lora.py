@@ -5,6 +5,9 @@ bit-identical whatever the training does. :func:`apply_vision_lora` does what up
 stage 2 does on the vision side: adapters on the vision tower's linears and (by default,
 ``lora.visual_projection``) on CLIP's visual projection, the layer that makes the global
 token; with ``lora.bias="lora_only"`` the wrapped linears' biases train too.
+The default ``lora.target_modules`` are CLIP / SigLIP names; on an image-only backbone
+(DINOv2, ViT) the default resolves to that family's attention + MLP linears
+(:func:`resolve_targets`), while a list the user wrote is used as given.
 ``merge_lora`` folds the adapters into the base weights and leaves plain ``nn.Linear``
 modules, so the result saves as an ordinary checkpoint.
 """
@@ -19,10 +22,22 @@ from genhancer.config import LoraConfig
 from genhancer.errors import ConfigError
 
 ADAPTER = "default"
+DEFAULT_TARGETS = tuple(LoraConfig().target_modules)
+# Image-only families (model_type of the tower) -> candidate target sets, the first one whose
+# every name the loaded model has wins: transformers 5 names (q_proj ... fc2; SwiGLU MLPs
+# gate/up/down_proj), then transformers 4 names (query, key, value, ...; weights_in / _out).
+_DINOV2 = (("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
+           ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+           ("query", "key", "value", "attention.output.dense", "fc1", "fc2"),
+           ("query", "key", "value", "attention.output.dense", "weights_in", "weights_out"))
+FAMILY_TARGETS = {"dinov2": _DINOV2, "dinov2_with_registers": _DINOV2,
+                  "vit": (("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"),
+                          ("query", "key", "value", "output.dense", "intermediate.dense"))}
 
 
 def _target_regex(targets: list[str]) -> str:
-    # Anchored on the module name's last component so "fc1" cannot match "fc10".
+    # Anchored on whole name components so "fc1" cannot match "fc10" (a target may be a
+    # dotted suffix, e.g. "attention.output.dense").
     names = "|".join(re.escape(t) for t in targets)
     return rf"^(?:.*\.)?(?:{names})$"
 
@@ -30,8 +45,8 @@ def _target_regex(targets: list[str]) -> str:
 def apply_lora(vision_tower: nn.Module, cfg: LoraConfig) -> nn.Module:
     """Inject LoRA adapters into ``vision_tower``'s target linears in place; only they train
     (and, with ``cfg.bias="lora_only"``, the wrapped linears' biases)."""
-    _check_targets(vision_tower, cfg)
-    return _inject(vision_tower, cfg, _target_regex(cfg.target_modules))
+    targets = resolve_targets(vision_tower, cfg)
+    return _inject(vision_tower, cfg, _target_regex(targets))
 
 
 def apply_vision_lora(encoder, cfg: LoraConfig) -> nn.Module:
@@ -46,20 +61,44 @@ def apply_vision_lora(encoder, cfg: LoraConfig) -> nn.Module:
     # model; upstream makes the 336-px model's weight contiguous first, so do we.
     proj.weight.data = proj.weight.data.contiguous()
     tower = next(n for n, m in encoder.model.named_children() if m is encoder.vision_tower)
-    _check_targets(encoder.vision_tower, cfg)
-    names = "|".join(re.escape(t) for t in cfg.target_modules)
+    names = "|".join(re.escape(t) for t in resolve_targets(encoder.vision_tower, cfg))
     regex = rf"^(?:{re.escape(tower)}\..*\.(?:{names})|visual_projection)$"
     return _inject(encoder.model, cfg, regex)
 
 
-def _check_targets(vision_tower: nn.Module, cfg: LoraConfig) -> None:
-    if not cfg.target_modules:
+def _linear_names(module: nn.Module) -> list[str]:
+    return [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _matches(names: list[str], target: str) -> bool:
+    return any(n == target or n.endswith("." + target) for n in names)
+
+
+def resolve_targets(vision_tower: nn.Module, cfg: LoraConfig) -> list[str]:
+    """The module names LoRA wraps in ``vision_tower``: ``cfg.target_modules``, except that the
+    default (CLIP / SigLIP names) on an image-only family becomes that family's attention + MLP
+    linears. Checked: every target must match a linear layer (one-line ``ConfigError``)."""
+    targets = list(cfg.target_modules)
+    family = getattr(getattr(vision_tower, "config", None), "model_type", None)
+    names = _linear_names(vision_tower)
+    if family in FAMILY_TARGETS and tuple(targets) == DEFAULT_TARGETS:
+        found = next((list(c) for c in FAMILY_TARGETS[family] if all(_matches(names, t) for t in c)), None)
+        if found is None:
+            raise ConfigError(f"lora.target_modules: no known {family} layout matches this model's linear layers; "
+                              f"set them explicitly from: {', '.join(sorted({n.rsplit('.', 1)[-1] for n in names}))}")
+        targets = found
+    _check_targets(names, targets)
+    return targets
+
+
+def _check_targets(linear_names: list[str], targets: list[str]) -> None:
+    if not targets:
         raise ConfigError("lora.target_modules: expected at least one module name, got []")
-    linear_names = {n.rsplit(".", 1)[-1] for n, m in vision_tower.named_modules() if isinstance(m, nn.Linear)}
-    missing = [t for t in cfg.target_modules if t not in linear_names]
+    missing = [t for t in targets if not _matches(linear_names, t)]
     if missing:
+        available = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
         raise ConfigError(f"lora.target_modules: {', '.join(missing)} match no linear layer of the vision "
-                          f"tower; available: {', '.join(sorted(linear_names))}")
+                          f"tower; available: {', '.join(available)}")
 
 
 def _inject(module: nn.Module, cfg: LoraConfig, regex: str) -> nn.Module:

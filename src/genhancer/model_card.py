@@ -216,6 +216,9 @@ def _recipe(stages: list[dict]) -> list[str]:
 _CLASSES = {("clip", "full"): ("CLIPModel", "CLIPProcessor"), ("clip", "vision"): ("CLIPVisionModel", "CLIPImageProcessor"),
             ("siglip", "full"): ("SiglipModel", "AutoProcessor"),
             ("siglip", "vision"): ("SiglipVisionModel", "SiglipImageProcessor")}
+# Image-only families: one model class, whole or "vision only" alike (it is all vision).
+_IMAGE_ONLY = {"dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel", "vit": "ViTModel"}
+_NAMES = {"clip": "CLIP", "siglip": "SigLIP", "dinov2": "DINOv2", "dinov2_with_registers": "DINOv2", "vit": "ViT"}
 
 
 def _usage(kind: str, family: str) -> list[str]:
@@ -226,10 +229,14 @@ def _usage(kind: str, family: str) -> list[str]:
                 'processor = AutoProcessor.from_pretrained("path/or/repo/of/this/folder")', "```", "",
                 "Only `vision_tower` differs from the base LLaVA; every other tensor and file is the base's."]
         return out + [""]
-    model_cls, proc_cls = _CLASSES[(family, kind)]
+    image_only = family in _IMAGE_ONLY
+    model_cls, proc_cls = (_IMAGE_ONLY[family], "AutoImageProcessor") if image_only else _CLASSES[(family, kind)]
     out += [f"from transformers import {model_cls}, {proc_cls}", "",
             f'model = {model_cls}.from_pretrained("path/or/repo/of/this/folder")',
             f'processor = {proc_cls}.from_pretrained("path/or/repo/of/this/folder")', "```", ""]
+    if image_only:
+        return out + ["The global embedding is the CLS token after the final layer norm "
+                      "(`last_hidden_state[:, 0]`); this model has no text tower.", ""]
     vis = "CLIPVisionModel" if family == "clip" else "SiglipVisionModel"
     out += ["**In LLaVA.** LLaVA-style code loads the vision tower with "
             f'`{vis}.from_pretrained("path/or/repo/of/this/folder")`, so this folder can be given as the '
@@ -254,16 +261,17 @@ def render_card(*, kind: str, family: str, encoder_base: str, stages: list[dict]
         meta["license"] = license
     meta["library_name"] = "transformers"
     meta["pipeline_tag"] = {"llava": "image-text-to-text", "vision": "image-feature-extraction"}.get(
-        kind, "zero-shot-image-classification")
+        "vision" if family in _IMAGE_ONLY else kind, "zero-shot-image-classification")
     meta["tags"] = ["genhancer", family, "vision"] + (["llava"] if kind == "llava" else [])
-    title = {"full": f"{family.upper() if family == 'clip' else 'SigLIP'} enhanced with GenHancer",
+    title = {"full": f"{_NAMES.get(family, family)} enhanced with GenHancer",
              "vision": "Vision tower enhanced with GenHancer", "llava": "LLaVA with a GenHancer-enhanced vision tower"}
     out = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", "", f"# {title[kind]}", ""]
     out += ["## Base model", ""]
     if kind == "llava":
         out.append(f"- LLaVA: `{llava_base}` (everything except the vision tower is its files, byte for byte)")
     out.append(f"- vision encoder: `{enc.location}`" + ("" if hub_id(enc.name_or_path) else " (a local checkpoint)"))
-    what = {"full": "the full dual encoder (the text tower is the base's, unchanged)",
+    what = {"full": "the image encoder (it has no text tower)" if family in _IMAGE_ONLY else
+            "the full dual encoder (the text tower is the base's, unchanged)",
             "vision": "the vision tower only", "llava": "the vision tower of the LLaVA above"}[kind]
     out += [f"- this folder: {what}, with the trained LoRA merged into the vision tower", ""]
     out += _recipe(stages)

@@ -174,6 +174,9 @@ class Validation:
         self.best: tuple[int, float] | None = None
         self.pending: tuple[int, float] | None = None
         self.initial: float | None = None
+        if vs is not None and vs.kind == "mmvp" and not getattr(enhancer.encoder, "has_text", True):
+            raise ConfigError(f"train.val_data '{vs.path}' is an MMVP-format set, scored with a text tower, and "
+                              f"{type(enhancer.encoder.model).__name__} has none; validate on a probe labels.jsonl")
         if vs is None or not accelerator.is_main_process:
             return
         with writing(f"'{self.csv}'"):

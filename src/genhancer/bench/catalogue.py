@@ -123,6 +123,9 @@ FLUX_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=16,
 
 def spec_of(encoder) -> VisionLanguageSpec:
     """The :class:`VisionLanguageSpec` of a loaded ``VisionLanguageEncoder``."""
+    if not getattr(encoder, "has_text", True):
+        raise ConfigError(f"encoder.name_or_path: the memory / FLOP model covers CLIP and SigLIP dual encoders; "
+                          f"'{encoder.source}' is a {type(encoder.model).__name__} (measure it instead)")
     c = encoder.model.config
     v, t = c.vision_config, c.text_config
     return VisionLanguageSpec(encoder.family, v.hidden_size, v.num_hidden_layers, v.intermediate_size,

@@ -73,6 +73,7 @@ def _compare_side(args, side: str):
 @command("eval", "evaluate encoders: mmvp, zeroshot, retrieval, probe, compare")
 def cmd_eval(args) -> int:
     from genhancer import eval as ev
+    from genhancer.encoders.vision_only import refuse_image_only
     from genhancer.errors import DataError
     from genhancer.validation import refuse_selected_on
 
@@ -86,6 +87,8 @@ def cmd_eval(args) -> int:
         sets = {"--mmvp": args.mmvp, "--zeroshot": args.zeroshot, "--retrieval": args.retrieval, "--knn": args.knn}
         for side in ("before", "after"):  # an export picked on one of these sets cannot be tested on it
             refuse_selected_on(_compare_side(args, side), sets)
+            if args.zeroshot or args.retrieval:   # these need a text tower on both sides
+                refuse_image_only(_compare_side(args, side))
         ev.run_compare(_compare_side(args, "before"), _compare_side(args, "after"), out, mmvp_data=args.mmvp,
                        zeroshot_data=args.zeroshot, retrieval_file=args.retrieval, knn_labels=args.knn,
                        knn_k=args.knn_k, batch_size=args.batch_size, device=args.device,
@@ -96,6 +99,8 @@ def cmd_eval(args) -> int:
 
     model = parse_model_ref(args.model, args.subfolder, args.text_from)
     refuse_selected_on(model, {"--data": args.data})
+    if k != "probe":   # mmvp, zeroshot, retrieval score with the text tower: refuse DINOv2 / ViT before reading data
+        refuse_image_only(model)
     if k == "mmvp":
         res = ev.run_mmvp(model, args.data, out, args.batch_size, args.allow_partial, args.device)
         for cat, score in res["categories"].items():

@@ -45,7 +45,7 @@ def cmd_info(args) -> int:
         enc = load_encoder(args.model)
         info["model"] = {"family": enc.family, "image_size": enc.spec.size,
                          "vision_params": sum(p.numel() for p in enc.vision_tower.parameters()),
-                         "text_params": sum(p.numel() for p in enc.text_tower.parameters()),
+                         "text_params": sum(p.numel() for p in enc.text_tower.parameters()) if enc.has_text else 0,
                          "global_dim": enc.global_dim, "patch_tokens": enc.num_patches}
     if args.json:
         print(json.dumps(info, indent=2))

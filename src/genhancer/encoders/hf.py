@@ -4,6 +4,8 @@ Fixed-resolution SigLIP 2 checkpoints (e.g. ``google/siglip2-base-patch16-224``)
 published as ``model_type: siglip`` and load through the same path. The NaFlex variant
 (``Siglip2Model``, variable patch grids) is not supported: its pixel inputs carry
 per-image masks and shapes that the paired-view pipeline does not produce.
+Image-only backbones (DINOv2, ViT) are ``vision_only.VisionEncoder``; :func:`load_encoder`
+picks the class from the checkpoint's model type.
 
 Contract:
 
@@ -19,15 +21,12 @@ Contract:
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from genhancer.encoders.base import ImagePreprocessing, image_spec, load_image_processor, weights_digest
 from genhancer.encoders.sources import (
     VISION_ONLY,
     ModelRef,
@@ -37,23 +36,11 @@ from genhancer.encoders.sources import (
     vision_mismatch,
     vision_state,
 )
+from genhancer.encoders.vision_only import IMAGE_ONLY, VisionEncoder
 from genhancer.errors import ModelLoadError
 
 FAMILIES = {"clip": "CLIPModel", "siglip": "SiglipModel"}
 TEXT_MAX_LENGTH = {"clip": 77, "siglip": 64}
-_RESAMPLE = {0: Image.NEAREST, 1: Image.LANCZOS, 2: Image.BILINEAR, 3: Image.BICUBIC,
-             4: Image.BOX, 5: Image.HAMMING}
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """What the encoder expects of an image, read off its image processor."""
-
-    size: int                 # final square side S
-    resize_shortest: bool     # CLIP: shortest edge -> S then center-crop; SigLIP: resize to SxS
-    resample: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 def _import_family(family: str):
@@ -62,17 +49,20 @@ def _import_family(family: str):
     return getattr(transformers, FAMILIES[family])
 
 
-class VisionLanguageEncoder(nn.Module):
+class VisionLanguageEncoder(ImagePreprocessing, nn.Module):
     """A CLIP-family dual encoder with the few operations the method needs."""
 
-    def __init__(self, model: nn.Module, family: str, image_processor, tokenizer, source: str = ""):
+    has_text = True
+
+    def __init__(self, model: nn.Module, family: str, image_processor, tokenizer, source: str = "",
+                 image_size: int | None = None):
         super().__init__()
         self.model = model
         self.family = family
         self.image_processor = image_processor
         self.tokenizer = tokenizer
         self.source = source
-        self.spec = self._image_spec(image_processor, model)
+        self.spec = image_spec(image_processor, model.config.vision_config.image_size, image_size)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -89,33 +79,33 @@ class VisionLanguageEncoder(nn.Module):
                                      "BASE (the CLIP / SigLIP model it was trained from) to score it with that "
                                      "model's text tower")
             return cls._with_text_from(ref, config, image_size)
+        if family in IMAGE_ONLY:
+            raise ModelLoadError(f"'{ref.location}' is a {IMAGE_ONLY[family]} without a text tower; load it with "
+                                 "load_encoder (an image-only VisionEncoder)")
+        if family == "siglip2":
+            raise ModelLoadError(f"'{ref.location}' is a SigLIP 2 NaFlex model (Siglip2Model), not supported: its "
+                                 "inputs are patch sequences with per-image masks and shapes; use a fixed-resolution "
+                                 "SigLIP 2 checkpoint (model_type siglip, e.g. google/siglip2-base-patch16-224)")
         if family not in FAMILIES:
             raise ModelLoadError(f"'{ref.location}': unsupported model type '{family}'; expected one of "
-                                 f"{', '.join(FAMILIES)} (CLIPModel / SiglipModel checkpoints)")
+                                 f"{', '.join([*FAMILIES, *IMAGE_ONLY])} (CLIPModel / SiglipModel checkpoints, "
+                                 f"or the image-only {' / '.join(IMAGE_ONLY.values())})")
         if ref.text_from is not None:
             raise ModelLoadError(f"--text-from: '{ref.location}' is a full {FAMILIES[family]} with its own text "
                                  "tower; --text-from is for vision-only checkpoints")
-        from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers import AutoTokenizer
 
         try:
             model = _import_family(family).from_pretrained(path, **kw)
         except Exception as e:
             raise ModelLoadError(f"cannot load {FAMILIES[family]} from '{ref.location}': "
                                  f"{str(e).splitlines()[0]}") from None
-        try:
-            image_processor = AutoImageProcessor.from_pretrained(path, **kw)
-        except Exception as e:
-            raise ModelLoadError(f"'{ref.location}': no usable image processor (preprocessor_config.json): "
-                                 f"{str(e).splitlines()[0]}") from None
+        image_processor = load_image_processor(path, kw, ref.location)
         try:
             tokenizer = AutoTokenizer.from_pretrained(path, **kw)
         except Exception as e:
             raise ModelLoadError(f"'{ref.location}': no usable tokenizer: {str(e).splitlines()[0]}") from None
-        enc = cls(model, family, image_processor, tokenizer, source=str(ref))
-        if image_size is not None and image_size != enc.spec.size:
-            enc.spec = ImageSpec(image_size, enc.spec.resize_shortest, enc.spec.resample,
-                                 enc.spec.mean, enc.spec.std)
-        return enc
+        return cls(model, family, image_processor, tokenizer, source=str(ref), image_size=image_size)
 
     @classmethod
     def _with_text_from(cls, ref: ModelRef, vision_cfg, image_size: int | None = None) -> VisionLanguageEncoder:
@@ -163,27 +153,7 @@ class VisionLanguageEncoder(nn.Module):
             processor = AutoImageProcessor.from_pretrained(path, **kw)
         except Exception:  # a bare vision checkpoint may ship no processor: the base's preprocessing is its own
             processor = base.image_processor
-        enc = cls(base.model, family, processor, base.tokenizer, source=str(ref))
-        if image_size is not None:
-            enc.spec = dataclasses.replace(enc.spec, size=image_size)
-        return enc
-
-    @staticmethod
-    def _image_spec(ip, model) -> ImageSpec:
-        size = getattr(ip, "size", None) or {}
-        crop = getattr(ip, "crop_size", None) or {}
-        do_crop = bool(getattr(ip, "do_center_crop", False))
-        if do_crop and crop:
-            final = int(crop.get("height", crop.get("shortest_edge", 0)))
-        elif "height" in size:
-            final = int(size["height"])
-        else:
-            final = int(size.get("shortest_edge", model.config.vision_config.image_size))
-        resample = getattr(ip, "resample", 3)
-        resample = int(getattr(resample, "value", resample))
-        mean = tuple(float(v) for v in (ip.image_mean if getattr(ip, "do_normalize", True) else (0, 0, 0)))
-        std = tuple(float(v) for v in (ip.image_std if getattr(ip, "do_normalize", True) else (1, 1, 1)))
-        return ImageSpec(final, "shortest_edge" in size, resample, mean, std)
+        return cls(base.model, family, processor, base.tokenizer, source=str(ref), image_size=image_size)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -198,14 +168,7 @@ class VisionLanguageEncoder(nn.Module):
         """A short digest of the image-side weights (names, shapes, the first 4,096 values of
         each tensor): tells two checkpoints apart, e.g. for a stage-1 cache, without hashing
         gigabytes. Computed on the plain model (before LoRA is injected)."""
-        import hashlib
-
-        h = hashlib.sha256()
-        for name, t in sorted(self.model.state_dict().items()):
-            if name.startswith(("vision_model.", "visual_projection.")):
-                h.update(f"{name}{tuple(t.shape)}".encode())
-                h.update(t.detach().flatten()[:4096].float().cpu().numpy().tobytes())
-        return h.hexdigest()[:16]
+        return weights_digest(self.model.state_dict(), ("vision_model.", "visual_projection."))
 
     @property
     def global_dim(self) -> int:
@@ -259,40 +222,6 @@ class VisionLanguageEncoder(nn.Module):
         keys = ("input_ids", "attention_mask") if self.family == "clip" else ("input_ids",)
         return {k: toks[k].to(device) for k in keys if k in toks}
 
-    def resize_crop(self, image: Image.Image) -> np.ndarray:
-        """One PIL image -> uint8 [S,S,3] RGB, resized / cropped as the checkpoint's processor does."""
-        s, spec = self.spec.size, self.spec
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size == (s, s):
-            return np.asarray(image)  # both branches below leave an SxS image untouched
-        resample = _RESAMPLE.get(spec.resample, Image.BICUBIC)
-        if spec.resize_shortest:
-            w, h = image.size
-            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # as transformers rounds
-            if (nw, nh) != (w, h):
-                image = image.resize((nw, nh), resample)
-            left, top = (nw - s) // 2, (nh - s) // 2
-            image = image.crop((left, top, left + s, top + s))
-        else:
-            image = image.resize((s, s), resample)
-        return np.asarray(image)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 [B,S,S,3] -> float [B,3,S,S] ``(x / 255 - mean) / std``, in one pass over the batch."""
-        mean = torch.tensor(self.spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        return x.sub_(mean).div_(std)
-
-    def preprocess_one(self, image: Image.Image) -> torch.Tensor:
-        """One PIL image -> [3,S,S] normalised, following the checkpoint's processor settings."""
-        return self.preprocess([image])[0]
-
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL images -> [B,3,S,S]: resize / crop each, then normalise the stacked batch once."""
-        return self.normalize(torch.from_numpy(np.stack([self.resize_crop(im) for im in images])))
-
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, out_dir: str | Path) -> None:
         self.model.save_pretrained(out_dir, safe_serialization=True)
@@ -300,7 +229,11 @@ class VisionLanguageEncoder(nn.Module):
         self.tokenizer.save_pretrained(out_dir)
 
 
-def load_encoder(name_or_path, image_size: int | None = None) -> VisionLanguageEncoder:
-    """``name_or_path``: a directory, hub id, ``REPO:SUBFOLDER`` or ``ModelRef``."""
-    return VisionLanguageEncoder.from_pretrained(name_or_path, image_size=image_size)
-
+def load_encoder(name_or_path, image_size: int | None = None) -> VisionLanguageEncoder | VisionEncoder:
+    """``name_or_path``: a directory, hub id, ``REPO:SUBFOLDER`` or ``ModelRef``. The checkpoint's
+    model type picks the class: clip / siglip (and their vision towers with ``text_from``) ->
+    ``VisionLanguageEncoder``; dinov2 / dinov2_with_registers / vit -> ``VisionEncoder``."""
+    ref = parse_model_ref(name_or_path, what="encoder.name_or_path")
+    if getattr(read_config(ref, "encoder.name_or_path"), "model_type", None) in IMAGE_ONLY:
+        return VisionEncoder.from_pretrained(ref, image_size=image_size)
+    return VisionLanguageEncoder.from_pretrained(ref, image_size=image_size)

@@ -1,4 +1,4 @@
-"""Tiny random CLIP / SigLIP checkpoints built offline, with real tokenizers.
+"""Tiny random CLIP / SigLIP (with real tokenizers) and DINOv2 / ViT checkpoints, built offline.
 
 Tests and the embedded demo cannot download a checkpoint, so they build one in code:
 a small config of the real transformers class, a real image processor and a tokenizer
@@ -114,4 +114,34 @@ def build_tiny_siglip(out_dir: str | Path, texts: Iterable[str] | None = None, i
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_vision(out_dir: str | Path, kind: str = "dinov2", image_size: int = 32, patch_size: int = 8,
+                      width: int = 64, layers: int = 2, heads: int = 4, registers: int = 2, seed: int = 0) -> Path:
+    """Write a random tiny image-only model + its image processor to ``out_dir``: ``kind``
+    "dinov2" (``Dinov2Model``, a ``BitImageProcessor`` that resizes the shortest edge then
+    center-crops, as DINOv2's does), "dinov2_with_registers" (``registers`` register tokens)
+    or "vit" (``ViTModel``, a ``ViTImageProcessor`` that resizes to a square)."""
+    import transformers
+
+    common = dict(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                  num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
+    if kind == "vit":
+        cfg, model_cls = transformers.ViTConfig(**common), transformers.ViTModel
+        processor = transformers.ViTImageProcessor(size={"height": image_size, "width": image_size})
+    else:
+        if kind == "dinov2":
+            cfg, model_cls = transformers.Dinov2Config(**common), transformers.Dinov2Model
+        else:
+            cfg = transformers.Dinov2WithRegistersConfig(num_register_tokens=registers, **common)
+            model_cls = transformers.Dinov2WithRegistersModel
+        processor = transformers.BitImageProcessor(size={"shortest_edge": image_size + image_size // 8},
+                                                   crop_size={"height": image_size, "width": image_size},
+                                                   image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    torch.manual_seed(seed)
+    model = model_cls(cfg)
+    out = Path(out_dir)
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
     return out

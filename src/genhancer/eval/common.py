@@ -53,7 +53,8 @@ def resolve_encoder(model: Any, device: str | torch.device | None = None, needs_
 
     A loaded encoder stays where it is unless ``device`` is given; a path is loaded and
     put on ``device`` (default: CUDA when available, else CPU). ``needs_text=False`` (the
-    image-only metrics) accepts an encoder with only the image methods, e.g. a DINOv2 wrapper.
+    image-only metrics) accepts an encoder with only the image methods, e.g. a DINOv2 wrapper;
+    with ``needs_text`` an encoder whose ``has_text`` is False (DINOv2, ViT) is one ``ConfigError``.
     """
     from genhancer.encoders.sources import ModelRef
 
@@ -68,6 +69,10 @@ def resolve_encoder(model: Any, device: str | torch.device | None = None, needs_
         for attr in IMAGE_METHODS + (TEXT_METHODS if needs_text else ()):
             if not hasattr(encoder, attr):
                 raise TypeError(f"model must be a path or an encoder with .{attr}(); got {type(model).__name__}")
+    if needs_text and not getattr(encoder, "has_text", True):
+        from genhancer.encoders.vision_only import no_text_tower
+
+        raise no_text_tower(encoder)
     if device is not None:
         encoder = encoder.to(torch.device(device))
     encoder.eval()

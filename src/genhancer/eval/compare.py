@@ -200,11 +200,16 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
     for tag, model in (("before", before), ("after", after)):
-        encoder, dev = resolve_encoder(model, device)
+        encoder, dev = resolve_encoder(model, device, needs_text=bool(zeroshot_data or retrieval_file))
         sub = out / tag
-        if mmvp_data is not None:
+        if mmvp_data is not None and getattr(encoder, "has_text", True):
             results.setdefault("mmvp", {})[tag] = run_mmvp(encoder, mmvp_data, sub / "mmvp", batch_size,
                                                            allow_partial, dev)
+        elif mmvp_data is not None:  # no text tower (DINOv2, ViT): the image-only half of the MMVP pairs
+            from genhancer.eval.finegrained import run_blind_pairs
+
+            r = run_blind_pairs(encoder, mmvp_data, sub / "blind", batch_size, dev, allow_partial)
+            results.setdefault("blind", {})[tag] = {**r, "blind_pairs": r}
         if zeroshot_data is not None:
             results.setdefault("zeroshot", {})[tag] = run_zeroshot(encoder, zeroshot_data, sub / "zeroshot",
                                                                    templates, batch_size, dev)
@@ -225,6 +230,9 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
+    if len(results.get("mmvp", {})) == 1:  # one side without text: compare both on blind pairs alone
+        results.setdefault("blind", {}).update(results.pop("mmvp"))
+    blind = results["mmvp"] if "mmvp" in results else results.get("blind")
     from genhancer.eval.plots import plot_before_after
 
     kw = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
@@ -239,8 +247,8 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
             [a["categories"][c] for c in CATEGORIES] + [a["average_score"]],
             out / "mmvp_before_after.png", title="MMVP-VLM: pairs correct per category",
             ylabel="pairs correct (%)")))
-    if "mmvp" in results:
-        rows += _blind_rows(results["mmvp"]["before"], results["mmvp"]["after"], **kw)
+    if blind:
+        rows += _blind_rows(blind["before"], blind["after"], **kw)
     if "knn" in results:
         rows += _knn_rows(results["knn"]["before"], results["knn"]["after"], **kw)
     kept_rows = []
@@ -261,7 +269,7 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
              "within categories.",
              "McNemar p: exact two-sided binomial test on items that changed (b = right before only, "
              "c = right after only)."]
-    if "mmvp" in results:
+    if blind:
         notes.append("blind pairs: MMVP pairs whose two images' global tokens have cosine > 0.95 (the MMVP paper's "
                      "CLIP-blind criterion), % of pairs, lower is better; pair cosine in cosine units. Image-only.")
     if "knn" in results:
@@ -274,10 +282,10 @@ def run_compare(before: Any, after: Any, out_dir: str | Path, mmvp_data: str | P
     table = format_table(rows)
     md_path, html_path = out / "report.md", out / "report.html"
     summary: dict[str, Any] = {"before": name_b, "after": name_a, "rows": rows, "notes": notes}
-    if "mmvp" in results:   # each pair's global-token cosine, before and after (the rows are their summary)
-        bi, ai = _aligned(results["mmvp"]["before"]["items"], results["mmvp"]["after"]["items"], key=lambda r: r["pair"])
-        summary["pair_cosines"] = [{"pair": b["pair"], "category": b["category"], "qid1": b["qid1"],
-                                    "qid2": b["qid2"], "before": b["cosine"], "after": a["cosine"]}
+    if blind:   # each pair's global-token cosine, before and after (the rows are their summary)
+        bi, ai = _aligned(blind["before"]["items"], blind["after"]["items"], key=lambda r: r["pair"])
+        summary["pair_cosines"] = [{"pair": b["pair"], "category": b["category"], "qid1": b.get("qid1"),
+                                    "qid2": b.get("qid2"), "before": b["cosine"], "after": a["cosine"]}
                                    for b, a in zip(bi, ai)]
     with writing(f"report '{html_path}'"):
         md_path.write_text(_markdown(name_b, name_a, rows, charts, notes), encoding="utf-8")

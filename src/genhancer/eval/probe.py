@@ -86,7 +86,7 @@ def run_probe(model, labels_file: str | Path, out_dir: str | Path | None = None,
     rows = read_label_rows(labels_file)
     if len(rows) < 10:
         raise DataError(f"'{labels_file}': expected >= 10 rows with 'image' and 'label_ids' fields")
-    encoder, dev = resolve_encoder(model, device)
+    encoder, dev = resolve_encoder(model, device, needs_text=False)
     feats, _ = encode_images(encoder, [labels_file.parent / r["image"] for r in rows], batch_size, dev,
                              features=features)
     feats = feats.cpu()
