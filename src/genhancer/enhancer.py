@@ -102,9 +102,10 @@ class Enhancer(nn.Module):
         neither trained nor saved."""
         import copy
 
-        model = self.encoder.model
-        memo = {id(c): c for n, c in model.named_children()
-                if c is not self.encoder.vision_tower and n != "visual_projection"}
+        model, tower = self.encoder.model, self.encoder.vision_tower
+        # A vision-only model (DINOv2, ViT) is its own tower: then nothing is shared.
+        memo = {} if tower is model else {id(c): c for n, c in model.named_children()
+                                          if c is not tower and n != "visual_projection"}
         for attr in ("image_processor", "tokenizer"):
             if getattr(self.encoder, attr, None) is not None:
                 memo[id(getattr(self.encoder, attr))] = getattr(self.encoder, attr)
