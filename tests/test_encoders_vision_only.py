@@ -305,3 +305,22 @@ def test_mmvp_validation_set_is_refused_for_a_textless_encoder(vision_dirs, tmp_
     enhancer = SimpleNamespace(encoder=load_encoder(str(vision_dirs["dinov2"])))
     with pytest.raises(ConfigError, match="MMVP-format set.*Dinov2Model has none; validate on a probe"):
         Validation(load_config("tiny"), enhancer, tmp_path, 0, None, ValSet("mmvp", tmp_path))
+
+
+def test_preserve_keeps_a_real_reference_for_a_vision_only_model(vision_dirs):
+    """DINOv2 is its own vision tower: the drift regulariser's reference must not share its
+    modules with the adapted model (it would pick up the LoRA and always read zero drift)."""
+    from genhancer.config import load_config
+    from genhancer.enhancer import Enhancer
+
+    cfg = load_config("tiny", [f"encoder.name_or_path={vision_dirs['dinov2']}", "train.stage=2",
+                               "objective.preserve_weight=1.0"])
+    enh = Enhancer(cfg)
+    enh.set_trainable(lora=True, projector=False, denoiser=False)
+    enh.eval()
+    with torch.no_grad():
+        for n, p in enh.encoder.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    px = torch.randn(2, 3, enh.encoder.spec.size, enh.encoder.spec.size)
+    assert enh.preserve_loss(enh.encode(px)[0], px).item() > 1e-3
