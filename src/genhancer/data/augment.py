@@ -3,7 +3,7 @@
 ``augmented_view(pixels[B,3,S,S], mean, std, generator) -> [B,3,S,S]``, normalised like the
 input. Per image, as DCR's torchvision pipeline draws it: colour jitter (brightness,
 contrast, saturation 0.1, hue 0.05), horizontal and vertical flips with p 0.5, and a
-resized crop of 90-100 % of the area (aspect 3/4-4/3) back to S x S, bilinear. Written on
+resized crop of 90-100 % of the area (aspect 0.9-1.1) back to S x S, bilinear. Written on
 tensors (no torchvision: its wheels pin another torch) so the view is made where the batch
 already is; the jitter is applied in a fixed order (torchvision permutes it) and the hue
 shift is a rotation of the chroma plane in YIQ space (torchvision goes through HSV), which
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0.1, 0.1, 0.1, 0.05
-CROP_SCALE, CROP_RATIO = (0.9, 1.0), (3 / 4, 4 / 3)
+CROP_SCALE, CROP_RATIO = (0.9, 1.0), (0.9, 1.1)   # DCR: RandomResizedCrop(scale=(0.9, 1), ratio=(0.9, 1.1))
 _LUMA = (0.299, 0.587, 0.114)
 
 
