@@ -119,3 +119,14 @@ def test_card_front_matter_for_hub_bases(tmp_path):
     assert llava["base_model"] == "org/llava" and llava["pipeline_tag"] == "image-text-to-text"
     (tmp_path / "config.json").write_text(json.dumps({"license": "apache-2.0"}))
     assert base_license(str(tmp_path)) == "apache-2.0"
+
+
+def test_recipe_names_the_fields_objectives():
+    from genhancer.config import load_config
+    from genhancer.model_card import _objective_text
+
+    o = load_config("tiny", ["objective.kind=contrastive_rf", "objective.num_negatives=3"]).objective
+    assert _objective_text(o) == "contrastive_rf, t logit_normal, InfoNCE tau 0.1, 3 negatives"
+    o = load_config("tiny", ["train.stage=2", "objective.contrastive_weight=0.5", "objective.preserve_weight=1"]).objective
+    assert _objective_text(o) == "rectified_flow, t logit_normal, InfoNCE tau 0.1 x 0.5, all negatives, preserve 1"
+    assert _objective_text(load_config("tiny").objective) == "rectified_flow, t logit_normal"

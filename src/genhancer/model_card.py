@@ -165,15 +165,28 @@ def _results(metrics: dict) -> list[str]:
     return out + [""] + [f"- {n}" for n in notes] + ([""] if notes else [])
 
 
+def _objective_text(o) -> str:
+    text = o.kind + (f", t {o.timestep_sampler}" if o.kind in ("rectified_flow", "contrastive_rf") else "")
+    if o.kind.startswith("contrastive") or o.contrastive_weight > 0:
+        text += (f", InfoNCE tau {o.temperature:g}" + (f" x {o.contrastive_weight:g}" if o.contrastive_weight else "")
+                 + f", {o.num_negatives or 'all'} negatives")
+    return text + (f", preserve {o.preserve_weight:g}" if o.preserve_weight else "")
+
+
 def _recipe(stages: list[dict]) -> list[str]:
     from genhancer.config import default_lr
     from genhancer.training.stage import stage_of
 
-    out = ["## Recipe", "",
-           f"GenHancer two-stage post-training ([arXiv 2503.19480]({PAPER})): the encoder's global token "
-           "conditions a light, randomly initialised denoiser that reconstructs the image; its loss reaches the "
-           "vision tower through LoRA, merged into these weights. As the checkpoint recorded it:", ""]
     known = [s for s in stages if "cfg" in s]
+    unet = next((s["cfg"].denoiser for s in known if s["cfg"].denoiser.kind == "sd_unet"), None)
+    if unet is None:
+        intro = (f"GenHancer two-stage post-training ([arXiv 2503.19480]({PAPER})): the encoder's global token "
+                 "conditions a light, randomly initialised denoiser that reconstructs the image")
+    else:  # the DIVA / DCR presets
+        intro = (f"Diffusion-feedback post-training: the encoder's global token conditions the pretrained UNet of "
+                 f"`{unet.name_or_path}`{' (frozen)' if unet.frozen else ''}")
+    out = ["## Recipe", "", intro + "; its loss reaches the vision tower through LoRA, merged into these weights. "
+           "As the checkpoint recorded it:", ""]
     head = ["", *[stage_of(s["cfg"].train.stage).label for s in known]]
     rows: list[list[str]] = []
 
@@ -186,10 +199,11 @@ def _recipe(stages: list[dict]) -> list[str]:
     row("learning rate", lambda c, s: f"{default_lr(c):g} ({c.train.schedule}, {c.train.warmup_steps} warmup)")
     row("batch per process x grad accum", lambda c, s: f"{c.data.batch_size} x {c.train.grad_accum}")
     row("data", lambda c, s: f"{c.data.kind}: `{c.data.path}`" if c.data.path else f"{c.data.kind} (path not recorded)")
-    row("denoiser", lambda c, s: f"{c.denoiser.kind} `{c.denoiser.preset}`")
+    row("denoiser", lambda c, s: f"sd_unet `{c.denoiser.name_or_path}`{' (frozen)' if c.denoiser.frozen else ''}"
+        if c.denoiser.kind == "sd_unet" else f"{c.denoiser.kind} `{c.denoiser.preset}`"
+        + (f" from `{c.denoiser.init_from}`" if c.denoiser.init_from else ""))
     row("latent space", lambda c, s: c.tokenizer.kind + (f" `{c.tokenizer.name_or_path}`" if c.tokenizer.name_or_path else ""))
-    row("objective", lambda c, s: c.objective.kind + (f", t {c.objective.timestep_sampler}"
-                                                      if c.objective.kind == "rectified_flow" else ""))
+    row("objective", lambda c, s: _objective_text(c.objective))
     row("LoRA", lambda c, s: f"r {c.lora.r}, alpha {c.lora.alpha:g}, dropout {c.lora.dropout:g}"
         if stage_of(c.train.stage).lora else "-")
     row("condition", lambda c, s: f"global token{f' + {c.cond.local_token_fraction:.0%} local' if c.cond.local_token_fraction else ''}"
