@@ -39,7 +39,7 @@ from torch import nn
 
 from genhancer.errors import ConfigError, ModelLoadError, ShapeError
 from genhancer.objectives.contrastive import ContrastiveTerm, NoisyBatch, continuous_loss
-from genhancer.objectives.rectified_flow import loss_diagnostics, summarize_loss
+from genhancer.objectives.rectified_flow import loss_diagnostics, start_noise, summarize_loss
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -134,16 +134,7 @@ class DDPM:
         (dtype of ``cond``); ``noise`` replaces the drawn starting point."""
         from diffusers import DDIMScheduler
 
-        steps = self.sample_steps if steps is None else int(steps)
-        if steps < 1:
-            raise ConfigError(f"sample steps: expected >= 1, got {steps}")
-        shape = tuple(shape)
-        if noise is None:
-            x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        else:
-            if tuple(noise.shape) != shape:
-                raise ShapeError(f"sample noise: expected shape {shape}, got {tuple(noise.shape)}")
-            x = noise.to(device=cond.device, dtype=cond.dtype)
+        steps, shape, x = start_noise(self.sample_steps if steps is None else steps, shape, cond, generator, noise)
         sched = DDIMScheduler.from_config(self.config)
         sched.set_timesteps(min(steps, self.num_train_timesteps), device=cond.device)
         x = x * sched.init_noise_sigma

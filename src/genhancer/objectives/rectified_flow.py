@@ -72,6 +72,20 @@ def summarize_loss(totals: dict[str, torch.Tensor]) -> dict:
     return out
 
 
+def start_noise(steps: int, shape, cond: torch.Tensor, generator: torch.Generator | None,
+                noise: torch.Tensor | None) -> tuple[int, tuple[int, ...], torch.Tensor]:
+    """A sampler's checked step count, shape ``(B, L, C)`` and starting noise (drawn, or
+    ``noise`` checked against the shape), on ``cond``'s device and dtype."""
+    steps, shape = int(steps), tuple(shape)
+    if steps < 1:
+        raise ConfigError(f"sample steps: expected >= 1, got {steps}")
+    if noise is None:
+        return steps, shape, torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+    if tuple(noise.shape) != shape:
+        raise ShapeError(f"sample noise: expected shape {shape}, got {tuple(noise.shape)}")
+    return steps, shape, noise.to(device=cond.device, dtype=cond.dtype)
+
+
 class RectifiedFlow:
     """Rectified-flow objective: ``loss`` for training, ``sample`` for generation.
 
@@ -153,16 +167,7 @@ class RectifiedFlow:
         ``shape`` is ``(B, L, C)``; ``noise`` (same shape) replaces the drawn starting point.
         Returns ``x1[B,L,C]`` in the dtype of ``cond``.
         """
-        steps = self.sample_steps if steps is None else int(steps)
-        if steps < 1:
-            raise ConfigError(f"sample steps: expected >= 1, got {steps}")
-        shape = tuple(shape)
-        if noise is None:
-            x = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
-        else:
-            if tuple(noise.shape) != shape:
-                raise ShapeError(f"sample noise: expected shape {shape}, got {tuple(noise.shape)}")
-            x = noise.to(device=cond.device, dtype=cond.dtype)
+        steps, shape, x = start_noise(self.sample_steps if steps is None else steps, shape, cond, generator, noise)
         ts = torch.linspace(1.0, 0.0, steps + 1, device=cond.device)
         for t_cur, t_next in zip(ts[:-1], ts[1:]):
             t = torch.full((shape[0],), float(t_cur), device=cond.device, dtype=x.dtype)
