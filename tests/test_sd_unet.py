@@ -212,8 +212,11 @@ def test_dcr_stage2_lora_gets_gradient_through_the_frozen_unet(dcr_stage1, tiny_
 def test_diva_preset_runs_end_to_end(tiny_clip_dir, pipe, images, tmp_path):  # noqa: F811
     from genhancer.config import load_config
 
-    cfg = load_config("diva-openai-clip-l14-224", preset_overrides(tiny_clip_dir, pipe, images, tmp_path / "run"))
+    # The generative view at the encoder's size (DIVA's VAE sees 512 px).
+    cfg = load_config("diva-openai-clip-l14-224", preset_overrides(tiny_clip_dir, pipe, images, tmp_path / "run",
+                                                                   "tokenizer.image_size=null"))
     assert (cfg.train.stage, cfg.objective.kind, cfg.objective.contrastive_weight) == ("e2e", "ddpm", 0.0)
+    assert cfg.cond.local_token_fraction > 0  # DIVA's condition: the class token + 76 patch tokens
     res, enh, init = train_capture(cfg)
     assert res.steps == 2 and all(torch.isfinite(torch.tensor(res.losses)))
     assert enh.objective.contrastive is None and enh.objective.prediction_type == "v_prediction"
