@@ -59,6 +59,9 @@ def load_heldout_batch(path: str | Path, enhancer, n: int) -> dict[str, torch.Te
 def condition_usage(enhancer, batch: dict[str, torch.Tensor], seed: int = 0, bins: int = BINS) -> dict:
     """Loss with own vs shuffled condition on ``batch`` (raw views), same noise and t.
 
+    The loss is the objective's own: with DCR's contrastive term that is the InfoNCE (or
+    MSE + InfoNCE), so compare usage only between runs of one objective.
+
     Returns ``{"own", "shuffled", "usage", "bins": [{"t": "0.0-0.2", "own", "shuffled",
     "usage"}...]}`` (``bins`` empty for objectives without per-sample t). Eval mode inside
     (no LoRA / dropout noise); the previous mode is restored.
