@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from genhancer.errors import ConfigError, ModelLoadError, ShapeError
-from genhancer.objectives.contrastive import ContrastiveTerm, NoisyBatch, continuous_loss
-from genhancer.objectives.rectified_flow import loss_diagnostics, start_noise, summarize_loss
+from genhancer.objectives.contrastive import ContrastiveTerm, NoisyBatch
+from genhancer.objectives.rectified_flow import ContinuousObjective, start_noise
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -65,7 +65,7 @@ def load_scheduler_config(source: tuple[str, str] | None) -> tuple[dict, str]:
     return dict(cfg), where
 
 
-class DDPM:
+class DDPM(ContinuousObjective):
     """DDPM objective over a diffusers scheduler config (see the module docstring)."""
 
     def __init__(self, scheduler_config: dict, sample_steps: int = 25, contrastive: ContrastiveTerm | None = None,
@@ -107,21 +107,6 @@ class DDPM:
         x_t = self.scheduler.add_noise(x1, eps, k)
         target = eps if self.prediction_type == "epsilon" else self.scheduler.get_velocity(x1, eps, k)
         return NoisyBatch(x_t, k.float() / self.num_train_timesteps, target)
-
-    def loss(self, denoiser: nn.Module, x1: torch.Tensor, cond: torch.Tensor,
-             cond_tokens: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-             generator: torch.Generator | None = None, cond_aug: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One training loss on ``x1[B,L,C]`` given ``cond[B,Dc]`` (``cond_aug``: an augmented
-        view's condition, for the contrastive term). Same outputs as ``RectifiedFlow.loss``."""
-        return continuous_loss(denoiser, self.noisy(x1, generator), cond, cond_tokens, grid,
-                               self.contrastive, cond_aug, generator)
-
-    def diagnostics(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Loss by timestep bin (``t = k / T``), as for rectified flow."""
-        return loss_diagnostics(out)
-
-    def summarize(self, totals: dict[str, torch.Tensor]) -> dict:
-        return summarize_loss(totals)
 
     # -- generation --------------------------------------------------------------------
 

@@ -86,7 +86,42 @@ def start_noise(steps: int, shape, cond: torch.Tensor, generator: torch.Generato
     return steps, shape, noise.to(device=cond.device, dtype=cond.dtype)
 
 
-class RectifiedFlow:
+class ContinuousObjective:
+    """What every continuous objective shares: ``loss`` (MSE on the target of one
+    :meth:`noisy` draw, and DCR's term when ``self.contrastive`` is set), ``diagnostics`` and
+    ``summarize``. A subclass gives ``noisy(x1, generator) -> NoisyBatch`` and ``sample``."""
+
+    contrastive: ContrastiveTerm | None = None
+
+    def noisy(self, x1: torch.Tensor, generator: torch.Generator | None = None) -> NoisyBatch:
+        raise NotImplementedError
+
+    def loss(self, denoiser: nn.Module, x1: torch.Tensor, cond: torch.Tensor,
+             cond_tokens: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
+             generator: torch.Generator | None = None, cond_aug: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One training loss on clean tokens ``x1[B,L,C]`` given ``cond[B,Dc]`` (and, for the
+        contrastive term, the condition of an augmented view ``cond_aug[B,Dc]``).
+
+        Returns ``{"loss": scalar, "loss_per_sample": [B], "t": [B]}``; the last two are
+        detached, for binning the loss by timestep (see :func:`bin_losses`).
+        """
+        return continuous_loss(denoiser, self.noisy(x1, generator), cond, cond_tokens, grid,
+                               self.contrastive, cond_aug, generator)
+
+    # -- diagnostics (the interface every objective has; see genhancer.objectives) --------
+
+    def diagnostics(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-bin tensors of one :meth:`loss` output, which a trainer sums over steps on the
+        device: ``loss_by_t_sum[LOSS_BINS]`` float64 and ``loss_by_t_count[LOSS_BINS]`` int64."""
+        return loss_diagnostics(out)
+
+    def summarize(self, totals: dict[str, torch.Tensor]) -> dict:
+        """The summed :meth:`diagnostics` as JSON values: ``{"loss_by_t": {"0.0-0.1": mean | None, ...}}``
+        (empty when no loss was binned)."""
+        return summarize_loss(totals)
+
+
+class RectifiedFlow(ContinuousObjective):
     """Rectified-flow objective: ``loss`` for training, ``sample`` for generation.
 
     ``sampler``: "logit_normal" (``t = sigmoid(scale * (mean + N(0,1)))``) or "uniform".
@@ -130,30 +165,6 @@ class RectifiedFlow:
         eps = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
         tt = t.to(x1.dtype)[:, None, None]
         return NoisyBatch((1 - tt) * x1 + tt * eps, t, eps - x1)
-
-    def loss(self, denoiser: nn.Module, x1: torch.Tensor, cond: torch.Tensor,
-             cond_tokens: torch.Tensor | None = None, grid: tuple[int, int] | None = None,
-             generator: torch.Generator | None = None, cond_aug: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One training loss on clean tokens ``x1[B,L,C]`` given ``cond[B,Dc]`` (and, for the
-        contrastive term, the condition of an augmented view ``cond_aug[B,Dc]``).
-
-        Returns ``{"loss": scalar, "loss_per_sample": [B], "t": [B]}``; the last two are
-        detached, for binning the loss by timestep (see :func:`bin_losses`).
-        """
-        return continuous_loss(denoiser, self.noisy(x1, generator), cond, cond_tokens, grid,
-                               self.contrastive, cond_aug, generator)
-
-    # -- diagnostics (the interface every objective has; see genhancer.objectives) --------
-
-    def diagnostics(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-bin tensors of one :meth:`loss` output, which a trainer sums over steps on the
-        device: ``loss_by_t_sum[LOSS_BINS]`` float64 and ``loss_by_t_count[LOSS_BINS]`` int64."""
-        return loss_diagnostics(out)
-
-    def summarize(self, totals: dict[str, torch.Tensor]) -> dict:
-        """The summed :meth:`diagnostics` as JSON values: ``{"loss_by_t": {"0.0-0.1": mean | None, ...}}``
-        (empty when no loss was binned)."""
-        return summarize_loss(totals)
 
     # -- generation --------------------------------------------------------------------
 
