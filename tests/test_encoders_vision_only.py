@@ -4,7 +4,6 @@ need a text tower refusing them in one line while the image-only ones run."""
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
@@ -18,6 +17,7 @@ from genhancer.cli import main
 from genhancer.config import LoraConfig, load_config
 from genhancer.encoders import VisionEncoder, VisionLanguageEncoder, load_encoder
 from genhancer.errors import ConfigError, ModelLoadError
+from test_finegrained import write_pairs  # an MMVP-format folder: pair i without / with a green mark
 
 KINDS = ("dinov2", "dinov2_with_registers", "vit")
 PIXELS = ["tokenizer.kind=pixels", "denoiser.patch_size=8"]
@@ -37,21 +37,6 @@ def one_line_error(capsys, argv: list[str]) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
-
-
-def write_pairs(root: Path, n_pairs: int = 4) -> Path:
-    """An MMVP-format folder: pair i is a red square without / with a green mark."""
-    d = root / "MLLM_VLM Images" / "t"
-    d.mkdir(parents=True)
-    with open(root / "Questions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Question ID", "Type", "Statement"])
-        for i in range(n_pairs):
-            w.writerow([2 * i + 1, "t", "a mark"])
-            w.writerow([2 * i + 2, "t", "no mark"])
-            Image.new("RGB", (40, 40), (40 * i, 0, 0)).save(d / f"{2 * i + 1}.jpg")
-            Image.new("RGB", (40, 40), (40 * i, 200, 0)).save(d / f"{2 * i + 2}.jpg")
-    return root
 
 
 def write_labels(root: Path, n: int = 20) -> Path:
