@@ -136,6 +136,21 @@ def test_versus_control_is_per_seed_and_pooled_paired():
     assert pooled["ci_low"] <= 25.0 <= pooled["ci_high"]
     assert "paired 95 % CI" in format_versus_control(vc)
     assert versus_control([r for r in runs if r["variant"] == "default"]) is None
+    # A row read against its own control, and the per-attribute table naming that control.
+    from genhancer.ablate import format_attribute_table
+
+    attrs = {"probe_per_attribute": {"direction": 50.0, "hole": 60.0},
+             "mmvp_large_categories": {"Orientation and Direction": 10.0, "Presence of Specific Features": 20.0}}
+    own = [dict(r, variant="contrastive", **attrs) if r["variant"] == "default" else
+           dict(r, variant="contrastive-shuffled", **{k: {a: v - 1.0 for a, v in d.items()} for k, d in attrs.items()})
+           for r in runs]
+    vc2 = versus_control(own, "contrastive", control="contrastive-shuffled")
+    assert vc2["control"] == "contrastive-shuffled" and vc2["probe"]["mean"] == pytest.approx(1.0)
+    assert vc2["probe_per_attribute"] == {"direction": 1.0, "hole": 1.0}
+    assert "minus contrastive-shuffled control" in format_versus_control(vc2)
+    table = format_attribute_table([vc2])
+    assert "| contrastive − contrastive-shuffled | +1.0 / +1.0 | +1.0 / +1.0 |" in table
+    assert versus_control(own, "contrastive") is None  # no shuffled-condition rows in `own`
 
 
 def test_the_demo_runs_are_adopted_only_for_the_same_recipe(tmp_path):

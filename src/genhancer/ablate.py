@@ -43,6 +43,7 @@ class Variant:
     cached: bool = True                 # may read the TAEF2 cache (tokens, latents, encoder views)
     discrete: bool = False              # needs the VQ tokenizer
     stage1_from: str | None = None      # reuse this variant's stage 1 of the same seed (identical config)
+    control: str | None = None          # its own control row, read beside the shuffled-condition one
 
 
 # DCR contrasts each anchor with all 15 other images of a batch of 16; the ablation's batch is
@@ -67,6 +68,10 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("contrastive", "objective (DCR): stage 2 trains on InfoNCE over the denoiser's predictions "
             f"({ABLATE_NEGATIVES} negatives, augmented-view and true-target positives) instead of the MSE",
             stage2_overrides=("objective.kind=contrastive_rf", f"objective.num_negatives={ABLATE_NEGATIVES}"),
+            stage1_from="default", control="contrastive-shuffled"),
+    Variant("contrastive-shuffled", "control of `contrastive`: the same objective, each image's condition made "
+            "from another image's global token", stage2_overrides=(
+                "objective.kind=contrastive_rf", f"objective.num_negatives={ABLATE_NEGATIVES}", "cond.shuffle=true"),
             stage1_from="default"),
     Variant("contrastive+mse", f"objective: stage 2 trains on MSE + 1.0 x DCR's InfoNCE ({ABLATE_NEGATIVES} negatives)",
             stage2_overrides=("objective.contrastive_weight=1.0", f"objective.num_negatives={ABLATE_NEGATIVES}"),
@@ -240,33 +245,33 @@ def adopt_demo_runs(demo_dir: Path, out: Path, s: AblateSettings) -> list[str]:
 CONTROL = "shuffled-condition"
 
 
-def versus_control(runs: list[dict], variant: str = "default") -> dict | None:
-    """``variant`` minus the shuffled-condition control, seed by seed (same stage 1): mean and
+def versus_control(runs: list[dict], variant: str = "default", control: str = CONTROL) -> dict | None:
+    """``variant`` minus ``control`` (the shuffled-condition row by default), seed by seed (same stage 1): mean and
     std over seeds of each metric's difference and of each attribute's (probe accuracy and the
     large benchmark's category score), and a paired bootstrap 95 % CI of the large benchmark's
     difference pooled over seeds (pairs resampled within category and seed)."""
     from genhancer.eval.stats import paired_bootstrap_ci
 
     by = {(r["variant"], r["seed"]): r for r in runs}
-    seeds = sorted(sd for v, sd in by if v == variant and (CONTROL, sd) in by)
-    if not seeds or variant == CONTROL:
+    seeds = sorted(sd for v, sd in by if v == variant and (control, sd) in by)
+    if not seeds or variant == control:
         return None
-    out: dict = {"variant": variant, "seeds": seeds}
+    out: dict = {"variant": variant, "control": control, "seeds": seeds}
     for m in [*METRICS, "mmvp_large"]:
-        diffs = [by[variant, sd][m] - by[CONTROL, sd][m] for sd in seeds
-                 if m in by[variant, sd] and m in by[CONTROL, sd]]
+        diffs = [by[variant, sd][m] - by[control, sd][m] for sd in seeds
+                 if m in by[variant, sd] and m in by[control, sd]]
         if diffs:
             mean, std = _mean_std(diffs)
             out[m] = {"mean": mean, "std": std, "per_seed": diffs}
     for key in ("probe_per_attribute", "mmvp_large_categories"):
-        if all(key in by[v, sd] for sd in seeds for v in (variant, CONTROL)):
+        if all(key in by[v, sd] for sd in seeds for v in (variant, control)):
             names = by[variant, seeds[0]][key]
-            out[key] = {a: statistics.fmean(by[variant, sd][key][a] - by[CONTROL, sd][key][a] for sd in seeds)
+            out[key] = {a: statistics.fmean(by[variant, sd][key][a] - by[control, sd][key][a] for sd in seeds)
                         for a in names}
-    if all("mmvp_large_correct" in by[v, sd] for sd in seeds for v in (variant, CONTROL)):
+    if all("mmvp_large_correct" in by[v, sd] for sd in seeds for v in (variant, control)):
         before, after, strata = [], [], []
         for sd in seeds:
-            before += by[CONTROL, sd]["mmvp_large_correct"]
+            before += by[control, sd]["mmvp_large_correct"]
             after += by[variant, sd]["mmvp_large_correct"]
             strata += [(sd, c) for c in by[variant, sd]["mmvp_large_pair_categories"]]
         ci = paired_bootstrap_ci(before, after, strata=strata)
@@ -276,7 +281,7 @@ def versus_control(runs: list[dict], variant: str = "default") -> dict | None:
 
 
 def format_versus_control(vc: dict) -> str:
-    lines = [f"{vc.get('variant', 'default')} minus shuffled-condition control, seeds "
+    lines = [f"{vc.get('variant', 'default')} minus {vc.get('control', CONTROL)} control, seeds "
              f"{' '.join(map(str, vc['seeds']))} (mean ± std of the per-seed difference):"]
     for m in [*METRICS, "mmvp_large"]:
         if m in vc:
@@ -299,11 +304,12 @@ def format_attribute_table(vcs: list[dict]) -> str:
 
     pairs = [(c, a) for c, a in MMVP_CATEGORIES if c in vcs[0]["mmvp_large_categories"]
              and a in vcs[0]["probe_per_attribute"]]
-    lines = ["per attribute, minus the control (mean over seeds; large-benchmark category / probe accuracy):", "",
+    lines = ["per attribute, minus the shuffled-condition control unless named (mean over seeds; large-benchmark category / probe accuracy):", "",
              "| variant | " + " | ".join(a for _, a in pairs) + " |", "|---|" + "---|" * len(pairs)]
     for vc in vcs:
         cells = [f"{vc['mmvp_large_categories'][c]:+.1f} / {vc['probe_per_attribute'][a]:+.1f}" for c, a in pairs]
-        lines.append(f"| {vc['variant']} | " + " | ".join(cells) + " |")
+        name = vc["variant"] + ("" if vc.get("control", CONTROL) == CONTROL else f" − {vc['control']}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -415,6 +421,7 @@ def _run_ablate(demo_dir: Path, out: Path, s: AblateSettings, variants: list[Var
         md += (f"\ndiscrete: own VQ tokenizer ({s.vq_steps} steps on 4,096 corpus images), PSNR {m['psnr']:.1f} dB, "
                f"codebook usage {100 * m['usage']:.0f} %.")
     vcs = [vc for vc in (versus_control(runs, v.name) for v in variants) if vc]
+    vcs += [vc for vc in (versus_control(runs, v.name, v.control) for v in variants if v.control) if vc]
     for vc in vcs:
         md += "\n\n" + format_versus_control(vc)
     if vcs:
