@@ -48,7 +48,7 @@ class Variant:
 
 # DCR contrasts each anchor with all 15 other images of a batch of 16; the ablation's batch is
 # 32, and 3 negatives keep a stage-2 step at 5 denoiser forwards per image instead of 33
-# (`genhancer bench`: 7 negatives made the step 4.3x the MSE step on 2 cores, all 31 17x).
+# (`genhancer bench` on a quiet machine: 7 negatives made the step 5.7x the MSE step, all 31 34x).
 ABLATE_NEGATIVES = 3
 # Picked on the validation world (seed 200) from 0.1 / 1 / 10, seed 0: best validation probe 51.98 / 52.72
 # / 52.96 (README, "The field's recipes").
