@@ -24,13 +24,13 @@ before anything is written, as is a checkpoint that is not a LLaVA or stores pic
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from genhancer.encoders.sources import VISION_ONLY, vision_mismatch
 from genhancer.errors import CheckpointError, ModelLoadError, ShapeError
+from genhancer.hub import hub_offline
 
 LLAVA_TYPES = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration"}
 INDEX_FILE = "model.safetensors.index.json"
@@ -75,8 +75,7 @@ def _local_dir(name: str) -> Path:
     try:  # a hub id: its files, from the cache (or downloaded unless HF_HUB_OFFLINE)
         from huggingface_hub import snapshot_download
 
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        return Path(snapshot_download(name, local_files_only=offline,
+        return Path(snapshot_download(name, local_files_only=hub_offline(),
                                       ignore_patterns=[f"{w}*" for w in OTHER_WEIGHTS] + ["*.pkl"]))
     except Exception as e:
         raise ModelLoadError(f"--into-llava: '{name}' is neither a local directory nor a hub repository that can "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from genhancer.errors import DataError
+from genhancer.hub import hub_offline
 
 PAPER = "https://arxiv.org/abs/2503.19480"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -93,7 +93,7 @@ def _base_file(name: str, subfolder: str, filename: str) -> Path | None:
         cached = try_to_load_from_cache(name, rel)
         if isinstance(cached, str):
             return Path(cached)
-        if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False"):
+        if not hub_offline():
             return Path(hf_hub_download(name, filename, subfolder=subfolder or None))
     except Exception:  # no card on the Hub, no network: the card then carries no license
         return None

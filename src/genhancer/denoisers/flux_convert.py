@@ -32,7 +32,6 @@ were trained with a guidance term in ``vec`` that this model does not add.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 
 from genhancer.denoisers.flow_dit import FlowDiT, FlowDiTParams
 from genhancer.errors import ConfigError, ModelLoadError
+from genhancer.hub import hub_offline, looks_like_path
 
 # FluxTransformer2DModel.__init__ defaults, for fields a config.json leaves out.
 _FLUX_DEFAULTS = {"patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19,
@@ -215,10 +215,6 @@ class _LazySafetensors(Mapping):
         return len(self._where)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
 _WEIGHTS = "diffusion_pytorch_model*.safetensors"
 
 
@@ -229,11 +225,11 @@ def _hub_dir(name_or_path: str, subfolder: str, what: str) -> Path:
 
     def get(patterns: list[str]) -> Path:
         try:
-            return Path(snapshot_download(name_or_path, allow_patterns=patterns, local_files_only=_offline()))
+            return Path(snapshot_download(name_or_path, allow_patterns=patterns, local_files_only=hub_offline()))
         except Exception as e:  # hub errors come in many kinds; the user needs one line
             msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelLoadError(f"{what}: cannot fetch hub id '{name_or_path}'"
-                                 f"{' (offline: only the local cache was searched)' if _offline() else ''}: "
+                                 f"{' (offline: only the local cache was searched)' if hub_offline() else ''}: "
                                  f"{msg}") from None
 
     if not subfolder:
@@ -247,7 +243,7 @@ def _local_dir(name_or_path: str, subfolder: str, what: str) -> Path:
     """A local directory holding the transformer's config.json (a hub id is fetched first)."""
     p = Path(name_or_path).expanduser()
     if not p.exists():
-        if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        if looks_like_path(name_or_path):
             raise ModelLoadError(f"{what}: directory '{name_or_path}' does not exist")
         p = _hub_dir(name_or_path, subfolder, what)
     d = p / subfolder if subfolder else p

@@ -21,19 +21,15 @@ Shapes at the door (the interface every continuous denoiser has):
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from genhancer.errors import ConfigError, ModelLoadError, ShapeError
+from genhancer.hub import hub_kwargs, looks_like_path
 
 UNET_CLASS = "UNet2DConditionModel"
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
 def _source(name_or_path: str) -> tuple[str, dict]:
@@ -41,9 +37,9 @@ def _source(name_or_path: str) -> tuple[str, dict]:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return str(path), {}
-    if name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") > 1:
+    if looks_like_path(name_or_path):
         raise ModelLoadError(f"denoiser.name_or_path '{name_or_path}': no such directory")
-    return name_or_path, ({"local_files_only": True} if _offline() else {})
+    return name_or_path, hub_kwargs()
 
 
 def _first_line(e: Exception) -> str:
@@ -166,11 +162,10 @@ class SDUNetDenoiser(nn.Module):
 
 def build_sd_unet(cfg, space, cond_dim: int) -> SDUNetDenoiser:
     """The ``sd_unet`` denoiser a ``DenoiserConfig`` names, checked against the latent space
-    (channels) and the projector (``cond_dim``) before any weight is loaded."""
+    (channels) and the projector (``cond_dim``) before any weight is loaded (patch size 1 is
+    checked with the config, ``genhancer.config.validate``)."""
     from diffusers import UNet2DConditionModel
 
-    if cfg.patch_size != 1:
-        raise ConfigError(f"denoiser.patch_size: sd_unet takes latent pixels (1), got {cfg.patch_size}")
     config = unet_config(cfg.name_or_path, cfg.subfolder)
     width = cross_attention_dim(config, cfg.name_or_path)
     if cond_dim != width:

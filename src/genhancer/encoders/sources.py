@@ -14,11 +14,11 @@ exists as written is never split at a colon.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from genhancer.errors import ModelLoadError
+from genhancer.hub import hub_offline, looks_like_path
 
 # Vision-only model types -> the family of the full dual encoder they come from.
 VISION_ONLY = {"clip_vision_model": "clip", "siglip_vision_model": "siglip"}
@@ -94,9 +94,9 @@ def resolve_model_path(name_or_path: str, what: str = "model", subfolder: str = 
             raise ModelLoadError(f"{what}: '{shown}' has no config.json; expected a directory "
                                  "written by save_pretrained")
         return str(p)
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+    if looks_like_path(name_or_path):
         raise ModelLoadError(f"{what}: directory '{name_or_path}' does not exist")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if hub_offline():
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(name_or_path, f"{subfolder}/config.json" if subfolder else "config.json")

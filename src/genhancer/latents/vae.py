@@ -7,21 +7,16 @@ be FLUX.1's (shift 0.1159, scale 0.3611, as GenHancer uses it), otherwise the VA
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from genhancer.errors import ModelLoadError, ShapeError
+from genhancer.hub import hub_offline, looks_like_path
 from genhancer.latents.base import LatentSpace
 
 FLUX_SHIFT = 0.1159
 FLUX_SCALE = 0.3611
-
-
-def _looks_like_path(name: str) -> bool:
-    # A hub id is "name" or "owner/name"; anything else with separators is meant as a path.
-    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
 
 
 def load_autoencoder_kl(name_or_path: str, subfolder: str | None = None,
@@ -33,12 +28,12 @@ def load_autoencoder_kl(name_or_path: str, subfolder: str | None = None,
         raise ModelLoadError("tokenizer.name_or_path: expected a diffusers AutoencoderKL dir or hub id, got ''")
     path = Path(name_or_path).expanduser()
     local = path.exists()
-    if not local and _looks_like_path(name_or_path):
+    if not local and looks_like_path(name_or_path):
         raise ModelLoadError(f"VAE '{name_or_path}': expected a directory with config.json, but it does not exist")
     kwargs = {"subfolder": subfolder} if subfolder else {}
     if dtype is not None:
         kwargs["torch_dtype"] = dtype
-    if not local and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if not local and hub_offline():
         kwargs["local_files_only"] = True  # fail at once instead of retrying the network
     try:
         vae = AutoencoderKL.from_pretrained(str(path) if local else name_or_path, **kwargs)

@@ -31,13 +31,13 @@ Shapes: ``x1 / x_t / target[B,L,C]`` (latent pixels as tokens), ``t[B]``, ``cond
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from genhancer.errors import ConfigError, ModelLoadError, ShapeError
+from genhancer.hub import hub_kwargs
 from genhancer.objectives.contrastive import ContrastiveTerm, NoisyBatch
 from genhancer.objectives.rectified_flow import ContinuousObjective, start_noise
 
@@ -54,9 +54,7 @@ def load_scheduler_config(source: tuple[str, str] | None) -> tuple[dict, str]:
     name, sub = source
     local = Path(name).expanduser()
     where = str(local / sub / "scheduler_config.json") if local.exists() else f"{name} ({sub}/scheduler_config.json)"
-    kw = {}
-    if not local.exists() and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        kw["local_files_only"] = True
+    kw = {} if local.exists() else hub_kwargs()
     try:
         cfg = DDPMScheduler.load_config(str(local) if local.exists() else name, subfolder=sub or None, **kw)
     except Exception as e:
