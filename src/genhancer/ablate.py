@@ -153,20 +153,17 @@ def run_one(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSettings)
     t0 = time.perf_counter()
     if v.e2e:
         train(demo_config(demo_dir, ds, "e2e", extra, run_dir=run_dir, cached=v.cached))
-    else:
+    elif v.stage1_from:  # another row's stage 1 (the same config): reuse it, or rebuild it once where all find it
         shared = _shared_stage1(demo_dir, out, v, seed, s)
-        if shared is None and v.stage1_from and not v.overrides:
-            # The stage 1 it shares was pruned: train it once where every sharer finds it.
+        if shared is None:
             home = out / v.stage1_from / f"seed{seed}" / "shared"
             train(demo_config(demo_dir, ds, "1", extra, run_dir=home, cached=v.cached))
             shared = home / "stage1"
-        if shared is not None:
-            extra2 = [f"train.init_from={shared}"]
-        else:
-            train(demo_config(demo_dir, ds, "1", extra, run_dir=run_dir, cached=v.cached))
-            extra2 = []
-        train(demo_config(demo_dir, ds, "2", extra + list(v.stage2_overrides) + extra2, run_dir=run_dir,
-                          cached=v.cached))
+        train(demo_config(demo_dir, ds, "2", [*extra, *v.stage2_overrides, f"train.init_from={shared}"],
+                          run_dir=run_dir, cached=v.cached))
+    else:
+        train(demo_config(demo_dir, ds, "1", extra, run_dir=run_dir, cached=v.cached))
+        train(demo_config(demo_dir, ds, "2", extra + list(v.stage2_overrides), run_dir=run_dir, cached=v.cached))
     seconds = time.perf_counter() - t0
     picked = best_checkpoint(run_dir / "stage2")[0] if ds.val_every else run_dir / "stage2"  # validation's pick
     metrics = {"variant": v.name, "seed": seed, **_evaluate(load_enhanced_encoder(picked), demo_dir),
@@ -185,8 +182,6 @@ def _shared_stage1(demo_dir: Path, out: Path, v: Variant, seed: int, s: AblateSe
     """The stage-1 run ``v`` reuses: its ``stage1_from`` variant's of the same seed while its
     weights are kept, else the demo's own stage 1 when the demo trained this seed with the same
     recipe (the default's stage 1 is the demo's); None = train one."""
-    if not v.stage1_from:
-        return None
     for mine in (out / v.stage1_from / f"seed{seed}" / "stage1", out / v.stage1_from / f"seed{seed}" / "shared" / "stage1"):
         if (mine / "checkpoints").is_dir():
             return mine
